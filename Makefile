@@ -1,0 +1,36 @@
+# The two commands a user needs: `make up` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup up test bench lint typecheck lock clean-leftovers
+
+setup:
+	@bash scripts/setup.sh
+
+up: setup
+	$(VENV)/bin/outgrow up
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# Re-resolve the full dependency set after changing pyproject.toml.
+lock:
+	rm -rf /tmp/outgrow-lock && python3 -m venv /tmp/outgrow-lock
+	/tmp/outgrow-lock/bin/pip install -q '.[dev]'
+	/tmp/outgrow-lock/bin/pip freeze --exclude outgrow > requirements.lock
+
+# Remove netns, links and cgroups left by a crashed run (prefix from OUTGROW_RESOURCE_PREFIX).
+clean-leftovers: setup
+	$(VENV)/bin/outgrow cleanup

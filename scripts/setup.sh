@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh Debian 12 machine as root: system packages, CRIU,
+# and the project virtualenv at .venv. Quick (seconds) when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[setup] $*" >&2; }
+[ "$(id -u)" = 0 ] || { log "error: run as root (namespaces, cgroups and CRIU need it)"; exit 1; }
+
+# iproute2: netns/veth/bridge; nftables: security groups and CRIU's network lock;
+# util-linux: unshare/nsenter; chromium: the console's browser tests.
+PKGS="iproute2 nftables util-linux procps python3 python3-venv python3-dev build-essential
+ca-certificates chromium"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    log "installing system packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+bash scripts/install-criu.sh
+
+# The virtualenv, rebuilt only when the dependency spec changes.
+PY=${PYTHON:-python3}
+stamp=.venv/.outgrow-stamp
+want=$(cat pyproject.toml requirements.lock 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "creating .venv and installing outgrow (editable) with dev extras"
+    [ -x .venv/bin/python ] || "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -c requirements.lock -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+log "ok"

@@ -1,0 +1,104 @@
+"""The one exception tree of outgrow.
+
+Every error carries a short *user message* (``str(exc)``, safe to show in the CLI, the API
+and the console) and an optional *detail* for logs (a CRIU log tail, a command's stderr).
+Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … from exc``.
+
+    OutgrowError
+    ├── ConfigError            settings, catalog or image spec is invalid
+    ├── ValidationError        user input is malformed (names the field)
+    ├── NotFoundError          unknown job, instance, image, template, type
+    ├── ConflictError          duplicate name, illegal state transition
+    ├── AuthError              missing/invalid credentials, not allowed
+    ├── CapacityError          nothing fits (NoAvailableHost)
+    ├── ProviderError          creating/deleting an instance failed
+    ├── RuntimeFailure         starting/stopping a job, cgroup/namespace work failed
+    ├── ImageBuildError        building an image (virtualenv) failed
+    ├── CheckpointError        criu dump/restore failed
+    │   └── TransferError      moving checkpoint images between agents failed
+    ├── MigrationError         a migration did not complete (job left on the source)
+    └── AgentError             an agent answered with an error or could not be reached
+"""
+
+from __future__ import annotations
+
+
+class OutgrowError(Exception):
+    """Root of all outgrow errors. ``str(e)`` is the user message; ``e.detail`` is for logs."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, detail: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"error": self.code, "message": self.message}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class ConfigError(OutgrowError):
+    code = "config"
+
+
+class ValidationError(OutgrowError):
+    code = "invalid"
+
+
+class NotFoundError(OutgrowError):
+    code = "not_found"
+
+
+class ConflictError(OutgrowError):
+    code = "conflict"
+
+
+class AuthError(OutgrowError):
+    code = "unauthorized"
+
+
+class CapacityError(OutgrowError):
+    code = "no_capacity"
+
+
+class ProviderError(OutgrowError):
+    code = "provider"
+
+
+class RuntimeFailure(OutgrowError):
+    code = "runtime"
+
+
+class ImageBuildError(OutgrowError):
+    code = "image_build"
+
+
+class CheckpointError(OutgrowError):
+    code = "checkpoint"
+
+
+class TransferError(CheckpointError):
+    code = "transfer"
+
+
+class MigrationError(OutgrowError):
+    code = "migration"
+
+
+class AgentError(OutgrowError):
+    code = "agent"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: str | None = None,
+        field: str | None = None,
+        remote_code: str | None = None,
+    ):
+        super().__init__(message, detail=detail, field=field)
+        self.remote_code = remote_code

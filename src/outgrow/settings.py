@@ -1,0 +1,72 @@
+"""Typed settings. Every field can be set with an ``OUTGROW_<NAME>`` environment variable."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTGROW_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("/var/lib/outgrow"),
+        description="Control-plane state: database, job directories, checkpoints, instances.",
+    )
+    image_cache_dir: Path = Field(
+        Path("/var/cache/outgrow/images"),
+        description="Host-wide cache of built images (virtualenvs), keyed by content hash.",
+    )
+    criu_path: Path = Field(
+        Path("/opt/outgrow/criu/sbin/criu"),
+        description="CRIU binary (>= 4.2). `make setup` installs it here.",
+    )
+    provider: str = Field("local", description="Instance provider: 'local' (this host) or 'aws'.")
+    resource_prefix: str = Field(
+        "og",
+        description="Prefix of every netns, link and cgroup the local provider creates "
+        "(2-5 lowercase letters/digits), so leftovers can be found and removed.",
+    )
+    address_pool: str = Field(
+        "198.18.0.0/15",
+        description="IPv4 pool for local instance addresses (the first address is the host bridge).",
+    )
+    catalog_path: Path | None = Field(
+        None, description="YAML instance-type catalog overriding the packaged one."
+    )
+    agent_port: int = Field(7070, description="TCP port the agent listens on at its instance address.")
+    host_memory_reserve_gib: float = Field(
+        2.0, description="Host memory kept free when placing local instances."
+    )
+    oom_headroom_mib: int = Field(
+        64, description="Extra memory granted to an OOM-stalled job so CRIU can dump it."
+    )
+    host: str = Field("127.0.0.1", description="Control-plane listen address.")
+    port: int = Field(8610, description="Control-plane listen port.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite (WAL) in the data dir."
+    )
+
+    @field_validator("resource_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not (2 <= len(v) <= 5 and v.isalnum() and v.islower()):
+            raise ValueError("must be 2-5 lowercase letters or digits")
+        return v
+
+    @field_validator("address_pool")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.version != 4 or net.num_addresses < 8:
+            raise ValueError("must be an IPv4 network with at least 8 addresses")
+        return str(net)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
