@@ -33,12 +33,14 @@ class Settings(BaseSettings):
     )
     address_pool: str = Field(
         "198.18.0.0/15",
-        description="IPv4 pool for local instance addresses (the first address is the host bridge).",
+        description="IPv4 pool for local instance addresses (the first is the host bridge).",
     )
     catalog_path: Path | None = Field(
         None, description="YAML instance-type catalog overriding the packaged one."
     )
-    agent_port: int = Field(7070, description="TCP port the agent listens on at its instance address.")
+    agent_port: int = Field(
+        7070, description="TCP port the agent listens on at its instance address."
+    )
     host_memory_reserve_gib: float = Field(
         2.0, description="Host memory kept free when placing local instances."
     )

@@ -34,7 +34,11 @@ class InstanceType:
     def describe(self) -> str:
         """``2 vCPU 8 GiB`` — used in reasons and tables."""
         cpu = f"{self.vcpus:g} vCPU"
-        mem = f"{self.memory_gib:g} GiB" if self.memory_gib >= 1 else f"{self.memory_gib * 1024:g} MiB"
+        mem = (
+            f"{self.memory_gib:g} GiB"
+            if self.memory_gib >= 1
+            else f"{self.memory_gib * 1024:g} MiB"
+        )
         return f"{cpu} {mem}"
 
 
@@ -54,7 +58,9 @@ class Catalog:
             if t.name == name:
                 return t
         known = ", ".join(t.name for t in self.types)
-        raise NotFoundError(f"unknown instance type {name!r} (known: {known})", field="instance_type")
+        raise NotFoundError(
+            f"unknown instance type {name!r} (known: {known})", field="instance_type"
+        )
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.types)
@@ -105,7 +111,13 @@ def parse_catalog(text: str, source: str = "catalog") -> Catalog:
         where = f"{source}: types[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping")
-        unknown = set(entry) - {"name", "vcpus", "memory_gib", "price_per_hour", "spot_price_per_hour"}
+        unknown = set(entry) - {
+            "name",
+            "vcpus",
+            "memory_gib",
+            "price_per_hour",
+            "spot_price_per_hour",
+        }
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         try:

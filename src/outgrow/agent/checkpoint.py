@@ -1,0 +1,209 @@
+"""CRIU, wrapped: dump, page-server and restore with the flags measured in DESIGN.md §4.
+
+Only this module runs CRIU. CRIU failures become CheckpointError whose message is CRIU's
+last real error line and whose detail is the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from outgrow.errors import CheckpointError, ConfigError
+
+EXTERNAL_NET_KEY = "extnet"
+# Lines CRIU prints as "Error" that do not make an operation fail.
+_HARMLESS = ("RLIMIT_NOFILE", "Could not process rule")
+
+
+@dataclass(frozen=True)
+class CriuRun:
+    seconds: float
+    log: Path
+
+
+def _last_error(log: Path) -> tuple[str, str]:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "CRIU failed and left no log", ""
+    tail = "\n".join(lines[-40:])
+    errors = [
+        ln for ln in lines if re.search(r"\bError\b", ln) and not any(h in ln for h in _HARMLESS)
+    ]
+    if errors:
+        msg = re.sub(r"^\(\s*[\d.]+\)\s*", "", errors[0]).strip()
+        msg = re.sub(r"^Error \([^)]*\):\s*", "", msg)
+        return msg, tail
+    return "CRIU failed (no error line in its log)", tail
+
+
+def images_size(images_dir: Path) -> int:
+    return sum(p.stat().st_size for p in images_dir.iterdir() if p.is_file())
+
+
+def free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+class Criu:
+    def __init__(self, binary: Path):
+        self.binary = binary
+
+    def check_installed(self) -> None:
+        if not os.access(self.binary, os.X_OK):
+            raise ConfigError(
+                f"CRIU not found at {self.binary}; run `make setup` or set OUTGROW_CRIU_PATH"
+            )
+
+    def _run(
+        self, args: list[str], log: Path, what: str, timeout: float, pass_fds: tuple[int, ...] = ()
+    ) -> CriuRun:
+        self.check_installed()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [str(self.binary), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                pass_fds=pass_fds,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CheckpointError(f"criu {what} timed out after {timeout:g} s") from exc
+        dt = time.monotonic() - t0
+        if proc.returncode != 0:
+            msg, tail = _last_error(log)
+            out = proc.stdout.decode(errors="replace").strip()
+            raise CheckpointError(f"criu {what} failed: {msg}", detail=(tail + "\n" + out).strip())
+        return CriuRun(seconds=dt, log=log)
+
+    def dump(
+        self,
+        pid: int,
+        images_dir: Path,
+        *,
+        netns_inode: int,
+        freezer_path: str | None,
+        page_server: tuple[str, int] | None = None,
+        timeout: float = 600,
+    ) -> CriuRun:
+        """Dump the tree rooted at ``pid`` and leave it stopped (the caller commits by
+        killing it or aborts by resuming it). External peers must be gone already; the
+        agent's own lock replaces CRIU's network lock (which would cut off the agent)."""
+        images_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            "dump",
+            "-t",
+            str(pid),
+            "-D",
+            str(images_dir),
+            "-o",
+            "dump.log",
+            "-v4",
+            "--tcp-established",
+            "--network-lock",
+            "skip",
+            "--leave-stopped",
+            "--external",
+            f"net[{netns_inode}]:{EXTERNAL_NET_KEY}",
+        ]
+        if freezer_path:
+            args += ["--freeze-cgroup", freezer_path]
+        if page_server:
+            args += ["--page-server", "--address", page_server[0], "--port", str(page_server[1])]
+        return self._run(args, images_dir / "dump.log", "dump", timeout)
+
+    def start_page_server(
+        self, images_dir: Path, address: str, port: int, timeout: float = 10
+    ) -> subprocess.Popen[bytes]:
+        """Start a one-shot page server receiving a dump's memory pages into images_dir."""
+        self.check_installed()
+        images_dir.mkdir(parents=True, exist_ok=True)
+        rfd, wfd = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [
+                    str(self.binary),
+                    "page-server",
+                    "-D",
+                    str(images_dir),
+                    "--address",
+                    address,
+                    "--port",
+                    str(port),
+                    "--status-fd",
+                    str(wfd),
+                    "-o",
+                    "page-server.log",
+                    "-v4",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(wfd,),
+            )
+        finally:
+            os.close(wfd)
+        try:
+            ready, _, _ = select.select([rfd], [], [], timeout)
+            ok = bool(ready) and os.read(rfd, 1) != b""
+        finally:
+            os.close(rfd)
+        if not ok:
+            proc.kill()
+            proc.wait()
+            msg, tail = _last_error(images_dir / "page-server.log")
+            raise CheckpointError(f"criu page-server did not start: {msg}", detail=tail)
+        return proc
+
+    def restore(
+        self,
+        images_dir: Path,
+        *,
+        netns_path: str,
+        cgroup_roots: list[str],
+        timeout: float = 600,
+    ) -> tuple[int, CriuRun]:
+        """Restore into the calling process's network namespace (the agent's instance)
+        and the given cgroup; returns the host pid of the restored tree's root."""
+        pidfile = images_dir / "restored.pid"
+        pidfile.unlink(missing_ok=True)
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            args = [
+                "restore",
+                "-D",
+                str(images_dir),
+                "-o",
+                "restore.log",
+                "-v4",
+                "--tcp-established",
+                "--network-lock",
+                "skip",
+                "--restore-detached",
+                "--inherit-fd",
+                f"fd[{fd}]:{EXTERNAL_NET_KEY}",
+                "--pidfile",
+                str(pidfile),
+            ]
+            for root in cgroup_roots:
+                args += ["--cgroup-root", root]
+            run = self._run(args, images_dir / "restore.log", "restore", timeout, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError("criu restore did not report the restored pid") from exc
+        return pid, run

@@ -1,0 +1,320 @@
+"""Job runtime: start a job's process tree the way CRIU can move it (DESIGN.md §4).
+
+The tree runs in its own pid/uts/ipc namespaces, inside the instance's network namespace
+(inherited from the agent) and the instance's cgroup. Its init is a session leader inside
+the pid namespace, its stdio is opened inside, and it shares the host mount namespace
+(a private copy made CRIU fail). Everything the job holds open lives in its job directory,
+which has the same path on every instance, so a restored tree finds its files again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from outgrow.errors import RuntimeFailure, ValidationError
+
+JobKind = Literal["jupyter-lab", "jupyter-server", "python"]
+JUPYTER_KINDS: frozenset[str] = frozenset({"jupyter-lab", "jupyter-server"})
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class JobDirs:
+    """The per-job directory: identical path on every instance of the job."""
+
+    root: Path
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def jupyter_runtime(self) -> Path:
+        return self.root / "jupyter" / "runtime"
+
+    @property
+    def jupyter_data(self) -> Path:
+        return self.root / "jupyter" / "data"
+
+    @property
+    def ipython(self) -> Path:
+        return self.root / "ipython"
+
+    @property
+    def stdout(self) -> Path:
+        return self.logs / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.logs / "stderr.log"
+
+    @property
+    def exit_code_file(self) -> Path:
+        return self.state / "exit_code"
+
+    @property
+    def run_script(self) -> Path:
+        return self.state / "run.sh"
+
+    @property
+    def user_script(self) -> Path:
+        return self.state / "job-script"
+
+    def create(self) -> None:
+        for d in (
+            self.workspace,
+            self.logs,
+            self.state,
+            self.jupyter_runtime,
+            self.jupyter_data,
+            self.ipython,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class JobLaunch:
+    """What the agent needs to start a job. Plain data: it is also the agent API body."""
+
+    job_id: str
+    kind: JobKind
+    python_bin_dir: str  # the image's venv bin directory
+    script: str = ""  # python: the job script; jupyter: optional setup
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int = 8888
+    jupyter_token: str = ""
+    base_url: str = "/"
+    evade_oom: bool = True
+
+    def validate(self) -> None:
+        if not self.job_id or not all(c.isalnum() or c in "-_" for c in self.job_id):
+            raise ValidationError(f"invalid job id {self.job_id!r}", field="job_id")
+        if self.kind in JUPYTER_KINDS and not self.jupyter_token:
+            raise ValidationError("Jupyter jobs need a token", field="jupyter_token")
+        if self.kind == "python" and not self.script.strip():
+            raise ValidationError("a python job needs a job script", field="script")
+        if not (1 <= self.port <= 65535):
+            raise ValidationError(f"port {self.port} out of range", field="port")
+        if not self.base_url.startswith("/") or not self.base_url.endswith("/"):
+            raise ValidationError("base_url must start and end with '/'", field="base_url")
+        for k in self.env:
+            if (
+                not k
+                or not (k[0].isalpha() or k[0] == "_")
+                or not all(c.isalnum() or c == "_" for c in k)
+            ):
+                raise ValidationError(f"invalid environment variable name {k!r}", field="env")
+
+
+def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
+    """The job's main command (run by the init shell, not exec'd, so the exit code is kept)."""
+    bin_dir = Path(launch.python_bin_dir)
+    if launch.kind in JUPYTER_KINDS:
+        app = "lab" if launch.kind == "jupyter-lab" else "server"
+        return [
+            str(bin_dir / "jupyter"),
+            app,
+            "--ip=0.0.0.0",
+            f"--port={launch.port}",
+            "--no-browser",
+            "--allow-root",
+            f"--ServerApp.token={launch.jupyter_token}",
+            f"--ServerApp.base_url={launch.base_url}",
+            f"--ServerApp.root_dir={dirs.workspace}",
+            "--ServerApp.allow_remote_access=True",
+            "--ServerApp.port_retries=0",
+            # Terminals hold host pseudo-terminals, which CRIU cannot move between instances.
+            "--ServerApp.terminals_enabled=False",
+            # Keep the notary DB in memory: no SQLite file held open outside the job dir.
+            "--NotebookNotary.db_file=:memory:",
+        ]
+    if launch.script.startswith("#!"):
+        return [str(dirs.user_script)]
+    return [str(bin_dir / "python"), "-u", str(dirs.user_script)]
+
+
+def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
+    env = {
+        "PATH": f"{launch.python_bin_dir}:{SYSTEM_PATH}",
+        "HOME": str(dirs.root),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "OUTGROW_JOB_ID": launch.job_id,
+        "JUPYTER_RUNTIME_DIR": str(dirs.jupyter_runtime),
+        "JUPYTER_DATA_DIR": str(dirs.jupyter_data),
+        "JUPYTER_CONFIG_DIR": str(dirs.root / "jupyter" / "config"),
+        "IPYTHONDIR": str(dirs.ipython),
+        "VIRTUAL_ENV": str(Path(launch.python_bin_dir).parent),
+    }
+    env.update(launch.env)
+    return env
+
+
+def write_run_script(launch: JobLaunch, dirs: JobDirs) -> Path:
+    """The init script of the pid namespace. It re-opens stdio *inside* (inherited
+    descriptors from outside break the dump), runs the job and records its exit code."""
+    dirs.create()
+    if launch.kind == "python" or launch.script.strip():
+        dirs.user_script.write_text(launch.script)
+        dirs.user_script.chmod(0o755)
+    env_lines = "\n".join(
+        f"export {k}={shlex.quote(v)}" for k, v in sorted(job_env(launch, dirs).items())
+    )
+    cmd = shlex.join(job_command(launch, dirs))
+    text = f"""# generated by the outgrow agent for job {launch.job_id}
+exec </dev/null >>{shlex.quote(str(dirs.stdout))} 2>>{shlex.quote(str(dirs.stderr))}
+{env_lines}
+cd {shlex.quote(str(dirs.workspace))}
+rm -f {shlex.quote(str(dirs.exit_code_file))}
+{cmd}
+echo $? > {shlex.quote(str(dirs.exit_code_file))}
+"""
+    dirs.run_script.write_text(text)
+    return dirs.run_script
+
+
+@dataclass
+class JobProcess:
+    """A running (or finished) job tree, identified by the host pid of its namespace init."""
+
+    job_id: str
+    init_pid: int
+    start_ticks: int  # /proc/<pid>/stat starttime: guards against pid reuse
+    started_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobProcess:
+        return cls(**json.loads(text))
+
+    def alive(self) -> bool:
+        return proc_start_ticks(self.init_pid) == self.start_ticks and not _is_zombie(self.init_pid)
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name (field 2) may contain spaces, so split after ')'.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def ns_init_pid(outer_pid: int, timeout: float = 5.0) -> int:
+    """The host pid of the pid-namespace init that ``unshare --fork`` (outer_pid) forked."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{outer_pid}/task/{outer_pid}/children")
+    while time.monotonic() < deadline:
+        try:
+            kids = children.read_text().split()
+        except OSError as exc:
+            raise RuntimeFailure("the job exited while starting", detail=str(exc)) from exc
+        if kids:
+            return int(kids[0])
+        time.sleep(0.005)
+    raise RuntimeFailure("the job did not start within 5 s")
+
+
+def launch_job(
+    launch: JobLaunch, dirs: JobDirs, add_to_cgroup: Callable[[int], None]
+) -> JobProcess:
+    """Start the job tree. ``add_to_cgroup(pid)`` places the starter in the instance cgroup
+    before it execs the job, so every process of the job is confined from the first byte."""
+    launch.validate()
+    script = write_run_script(launch, dirs)
+    # The starter waits on stdin until it is in the cgroup, then becomes `unshare`, whose
+    # child (pid 1 of the new pid namespace) is a session leader running the init script.
+    argv = [
+        "/bin/sh",
+        "-c",
+        'read _go && exec unshare --fork --pid --uts --ipc setsid /bin/sh "$0"',
+        str(script),
+    ]
+    try:
+        starter = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=open(dirs.logs / "starter.log", "ab"),  # noqa: SIM115 - handed to the child
+            close_fds=True,
+            start_new_session=True,
+            cwd=str(dirs.root),
+        )
+    except OSError as exc:
+        raise RuntimeFailure("could not start the job", detail=str(exc)) from exc
+    try:
+        add_to_cgroup(starter.pid)
+        assert starter.stdin is not None
+        starter.stdin.write(b"go\n")
+        starter.stdin.close()
+        init = ns_init_pid(starter.pid)
+    except Exception:
+        starter.kill()
+        starter.wait()
+        raise
+    ticks = proc_start_ticks(init)
+    if ticks is None:
+        raise RuntimeFailure("the job exited at once; see its stderr log")
+    return JobProcess(
+        job_id=launch.job_id, init_pid=init, start_ticks=ticks, started_at=time.time()
+    )
+
+
+def read_exit_code(dirs: JobDirs) -> int | None:
+    try:
+        return int(dirs.exit_code_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def signal_pids(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def wait_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(not Path(f"/proc/{p}").exists() or _is_zombie(p) for p in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def stop_tree(pids_fn: Callable[[], list[int]], grace: float = 5.0) -> None:
+    """SIGTERM every process of the job (they are all in the instance cgroup), then SIGKILL."""
+    pids = list(pids_fn())
+    signal_pids(pids, signal.SIGTERM)
+    signal_pids(pids, signal.SIGCONT)  # a stopped tree must wake up to die
+    if not wait_gone(pids, grace):
+        signal_pids(list(pids_fn()), signal.SIGKILL)
+        wait_gone(list(pids_fn()), 5.0)

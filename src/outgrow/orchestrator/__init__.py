@@ -1,0 +1,1 @@
+"""Drives instances and agents: start a job on an instance, move it to another one."""

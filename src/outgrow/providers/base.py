@@ -1,0 +1,104 @@
+"""The provider interface: one small ABC plus a capability set, looked up by short name.
+
+A provider makes and removes *instances*. Each instance runs one agent, reachable at
+``agent_url`` with ``agent_token``; everything else (jobs, checkpoints) goes through the
+agent, so the control plane is the same on every provider.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+from outgrow.agent.images import ImageSpec
+from outgrow.domain.instance_types import Catalog, InstanceType
+from outgrow.errors import ConfigError
+from outgrow.settings import Settings
+
+
+class Capability(StrEnum):
+    SPOT = "spot"  # spot/preemptible instances exist
+    RECLAIM_NOTICE = "reclaim_notice"  # the agent can be told an instance will be reclaimed
+    SHARED_JOB_STORAGE = "shared_job_storage"  # job dirs have the same content on every instance
+    SECURITY_GROUPS = "security_groups"  # per-job inbound rules
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    id: str
+    provider: str
+    type: InstanceType
+    address: str
+    agent_url: str
+    agent_token: str
+    spot: bool
+    created_at: float
+    state: str  # "running" | "unhealthy" | "gone"
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[Capability]]
+
+    @abstractmethod
+    def instance_types(self) -> Catalog: ...
+
+    @abstractmethod
+    def create_instance(
+        self, type_name: str, *, spot: bool = False, tags: Mapping[str, str] | None = None
+    ) -> InstanceInfo:
+        """Create an instance and return once its agent answers (ProviderError otherwise)."""
+
+    @abstractmethod
+    def delete_instance(self, instance_id: str) -> None:
+        """Delete an instance and everything it holds; idempotent."""
+
+    @abstractmethod
+    def describe_instance(self, instance_id: str) -> InstanceInfo | None: ...
+
+    @abstractmethod
+    def list_instances(self) -> list[InstanceInfo]: ...
+
+    def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
+        """Make an image available to this provider's instances before a job starts.
+        Default: nothing (the agent builds it on its instance)."""
+        return None
+
+    def cleanup(self, keep: Collection[str] = ()) -> list[str]:
+        """Remove leftovers of instances not in ``keep``; return what was removed."""
+        removed = []
+        for inst in self.list_instances():
+            if inst.id not in keep:
+                self.delete_instance(inst.id)
+                removed.append(inst.id)
+        return removed
+
+
+_REGISTRY: dict[str, Callable[[Settings], Provider]] = {}
+
+
+def register(name: str, factory: Callable[[Settings], Provider]) -> None:
+    _REGISTRY[name] = factory
+
+
+def get_provider(name: str, settings: Settings) -> Provider:
+    if not _REGISTRY:
+        _load_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown provider {name!r} (available: {', '.join(sorted(_REGISTRY))})",
+            field="provider",
+        ) from None
+    return factory(settings)
+
+
+def _load_builtin() -> None:
+    from outgrow.providers.local.provider import LocalProvider
+
+    register("local", LocalProvider.from_settings)

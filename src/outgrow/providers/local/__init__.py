@@ -1,0 +1,1 @@
+"""The local provider: instances are network namespaces on this host."""

@@ -1,0 +1,349 @@
+"""The local provider: instances on this host (network namespace + cgroup + agent).
+
+Each instance behaves like a small cloud VM: its own address on a host bridge, its own
+memory/CPU limits, its own agent listening on its address. Instance records live in
+``<data_dir>/instances/<id>/`` so a restarted control plane finds them again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+from outgrow.agent.cgroups import detect
+from outgrow.agent.client import AgentClient
+from outgrow.agent.images import ImageCache, ImageSpec
+from outgrow.domain.instance_types import GIB, Catalog, parse_catalog
+from outgrow.errors import AgentError, CapacityError, OutgrowError, ProviderError
+from outgrow.providers.base import Capability, InstanceInfo, Provider
+from outgrow.providers.local.network import HostNetwork, new_instance_id, run_in_netns_argv
+from outgrow.settings import Settings
+
+log = logging.getLogger("outgrow.provider.local")
+
+
+def packaged_catalog() -> Catalog:
+    text = resources.files("outgrow.providers.local").joinpath("catalog.yaml").read_text()
+    return parse_catalog(text, "packaged local catalog")
+
+
+def host_memory_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise ProviderError("cannot read /proc/meminfo")
+
+
+class LocalProvider(Provider):
+    name = "local"
+    capabilities = frozenset(
+        {
+            Capability.SPOT,
+            Capability.RECLAIM_NOTICE,
+            Capability.SHARED_JOB_STORAGE,
+            Capability.SECURITY_GROUPS,
+        }
+    )
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None):
+        self.settings = settings
+        self.prefix = settings.resource_prefix
+        self.root = settings.data_dir / "instances"
+        self.jobs_dir = settings.data_dir / "jobs"
+        self.net = HostNetwork(settings.resource_prefix, settings.address_pool, settings.data_dir)
+        self.cgroups = detect()
+        if catalog is None:
+            catalog = (
+                parse_catalog(settings.catalog_path.read_text(), str(settings.catalog_path))
+                if settings.catalog_path
+                else packaged_catalog()
+            )
+        self._catalog = catalog
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalProvider:
+        return cls(settings)
+
+    def instance_types(self) -> Catalog:
+        return self._catalog
+
+    def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
+        # Instances have no route out (no NAT by design), so images are built here, on the
+        # host, into the cache every agent of this host reads.
+        ImageCache(self.settings.image_cache_dir).ensure(spec, progress=progress)
+
+    # ---- records --------------------------------------------------------------------
+    def _dir(self, iid: str) -> Path:
+        return self.root / iid
+
+    def _record(self, iid: str) -> dict[str, object] | None:
+        try:
+            data: dict[str, object] = json.loads((self._dir(iid) / "instance.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def cgroup_name(self, iid: str) -> str:
+        return f"{self.prefix}-{iid}"
+
+    def _info(self, iid: str, rec: dict[str, object], state: str) -> InstanceInfo:
+        t = self._catalog.get(str(rec["type"]))
+        return InstanceInfo(
+            id=iid,
+            provider=self.name,
+            type=t,
+            address=str(rec["address"]),
+            agent_url=f"http://{rec['address']}:{self.settings.agent_port}",
+            agent_token=str(rec["token"]),
+            spot=bool(rec["spot"]),
+            created_at=float(rec["created_at"]),  # type: ignore[arg-type]
+            state=state,
+            tags=dict(rec.get("tags") or {}),  # type: ignore[call-overload]
+        )
+
+    # ---- capacity ---------------------------------------------------------------------
+    def committed_memory_bytes(self) -> int:
+        total = 0
+        for inst in self.list_instances():
+            total += inst.type.memory_bytes
+        return total
+
+    def _check_capacity(self, memory_bytes: int) -> None:
+        budget = host_memory_bytes() - int(self.settings.host_memory_reserve_gib * GIB)
+        used = self.committed_memory_bytes()
+        if used + memory_bytes > budget:
+            raise CapacityError(
+                f"host has {max(budget - used, 0) / GIB:.1f} GiB left for instances, "
+                f"{memory_bytes / GIB:g} GiB needed"
+            )
+
+    # ---- create / delete --------------------------------------------------------------
+    def create_instance(
+        self, type_name: str, *, spot: bool = False, tags: Mapping[str, str] | None = None
+    ) -> InstanceInfo:
+        itype = self._catalog.get(type_name)
+        self._check_capacity(itype.memory_bytes)
+        iid = new_instance_id()
+        d = self._dir(iid)
+        d.mkdir(parents=True)
+        token = secrets.token_urlsafe(32)
+        (d / "agent.token").write_text(token)
+        os.chmod(d / "agent.token", 0o600)
+        cg = self.cgroups.open(self.cgroup_name(iid))
+        try:
+            ns = self.net.create(iid)
+            cg.create()
+            cg.set_memory_limit(itype.memory_bytes)
+            cg.set_cpu_quota(itype.vcpus)
+            rec = {
+                "id": iid,
+                "type": itype.name,
+                "address": str(ns.address),
+                "token": token,
+                "spot": spot,
+                "created_at": time.time(),
+                "tags": dict(tags or {}),
+                "netns": ns.path,
+                "cgroup": cg.name,
+            }
+            (d / "instance.json").write_text(json.dumps(rec))
+            self._start_agent(iid, ns.path, str(ns.address))
+            info = self._info(iid, rec, "running")
+            self._wait_agent(info)
+            return info
+        except BaseException as exc:
+            log.error("creating instance %s failed: %s", iid, exc)
+            self.delete_instance(iid)
+            if isinstance(exc, OutgrowError):
+                raise
+            if isinstance(exc, Exception):
+                raise ProviderError(f"creating a {type_name} instance failed: {exc}") from exc
+            raise
+
+    def _start_agent(self, iid: str, netns_path: str, address: str) -> None:
+        d = self._dir(iid)
+        argv = [
+            *run_in_netns_argv_path(netns_path),
+            sys.executable,
+            "-m",
+            "outgrow.agent",
+            "--instance-id",
+            iid,
+            "--cgroup",
+            self.cgroup_name(iid),
+            "--netns-path",
+            netns_path,
+            "--address",
+            address,
+            "--port",
+            str(self.settings.agent_port),
+            "--jobs-dir",
+            str(self.jobs_dir),
+            "--work-dir",
+            str(d / "agent"),
+            "--image-cache-dir",
+            str(self.settings.image_cache_dir),
+            "--criu",
+            str(self.settings.criu_path),
+            "--token-file",
+            str(d / "agent.token"),
+            "--oom-headroom-mib",
+            str(self.settings.oom_headroom_mib),
+        ]
+        with open(d / "agent.log", "ab") as logf:
+            # A session of its own: the agent outlives a control plane that is killed.
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,
+                close_fds=True,
+            )
+        (d / "agent.pid").write_text(str(proc.pid))
+
+    def _wait_agent(self, info: InstanceInfo, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        with AgentClient(info.agent_url, info.agent_token) as c:
+            while time.monotonic() < deadline:
+                try:
+                    c.health(timeout=1.0)
+                    return
+                except AgentError as exc:
+                    last = exc
+                    if not self._agent_alive(info.id):
+                        break
+                    time.sleep(0.05)
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = (self._dir(info.id) / "agent.log").read_text()[-2000:]
+        raise ProviderError(
+            f"agent of instance {info.id} did not become healthy in {timeout:g} s",
+            detail=f"{last}\n{tail}",
+        )
+
+    def _agent_pid(self, iid: str) -> int | None:
+        try:
+            return int((self._dir(iid) / "agent.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _agent_alive(self, iid: str) -> bool:
+        pid = self._agent_pid(iid)
+        if pid is None:
+            return False
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    def restart_agent(self, iid: str) -> None:
+        """Start the agent of an existing instance again (it re-adopts its job)."""
+        rec = self._record(iid)
+        if rec is None:
+            raise ProviderError(f"no instance {iid}")
+        if not self._agent_alive(iid):
+            self._start_agent(iid, str(rec["netns"]), str(rec["address"]))
+        self._wait_agent(self._info(iid, rec, "running"))
+
+    def delete_instance(self, instance_id: str) -> None:
+        iid = instance_id
+        pid = self._agent_pid(iid)
+        if pid is not None and self._agent_alive(iid):
+            _kill_wait(pid)
+        cg = self.cgroups.open(self.cgroup_name(iid))
+        if cg.exists():
+            if cg.frozen():
+                cg.thaw()
+            cg.kill_all()
+            cg.remove(timeout=10)
+        self.net.delete(iid)
+        d = self._dir(iid)
+        if d.exists():
+            import shutil
+
+            shutil.rmtree(d, ignore_errors=True)
+
+    def describe_instance(self, instance_id: str) -> InstanceInfo | None:
+        rec = self._record(instance_id)
+        if rec is None:
+            return None
+        state = "running" if self._agent_alive(instance_id) else "unhealthy"
+        return self._info(instance_id, rec, state)
+
+    def list_instances(self) -> list[InstanceInfo]:
+        out = []
+        if self.root.exists():
+            for d in sorted(self.root.iterdir()):
+                info = self.describe_instance(d.name)
+                if info:
+                    out.append(info)
+        return out
+
+    def cleanup(self, keep: Collection[str] = ()) -> list[str]:
+        removed = super().cleanup(keep)
+        removed += [i for i in self.net.cleanup(keep=set(keep)) if i not in removed]
+        for name in self.cgroups.list(f"{self.prefix}-"):
+            iid = name[len(self.prefix) + 1 :]
+            if iid not in keep:
+                cg = self.cgroups.open(name)
+                if cg.frozen():
+                    cg.thaw()
+                cg.kill_all()
+                cg.remove(timeout=10)
+                if iid not in removed:
+                    removed.append(iid)
+        return removed
+
+    def teardown(self) -> None:
+        """Remove every instance and the host bridge (tests and `outgrow cleanup --all`)."""
+        self.cleanup()
+        self.net.teardown()
+
+    def as_dict(self, info: InstanceInfo) -> dict[str, object]:
+        d = asdict(info)
+        d.pop("agent_token")
+        return d
+
+
+def run_in_netns_argv_path(netns_path: str) -> list[str]:
+    return ["nsenter", f"--net={netns_path}"]
+
+
+def _kill_wait(pid: int, timeout: float = 5.0) -> None:
+    # The agent leads its own process group (its helpers: pip, criu); jobs have their own.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if not Path(f"/proc/{pid}").exists():
+                return
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+            except OSError:
+                return
+            time.sleep(0.02)
+
+
+_ = run_in_netns_argv
