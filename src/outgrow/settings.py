@@ -49,8 +49,19 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Control-plane listen address.")
     port: int = Field(8610, description="Control-plane listen port.")
+    admin_password: str | None = Field(
+        None, description="Password of the 'admin' user created on first start (else generated)."
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default is SQLite (WAL) in the data dir."
+    )
+    proxy_hold_seconds: float = Field(
+        120.0,
+        description="How long the stable-URL proxy holds a request while its job migrates, "
+        "suspends or resumes before answering 503.",
+    )
+    proxy_hold_max: int = Field(
+        256, description="Most requests the stable-URL proxy holds per job (beyond: 503)."
     )
 
     @field_validator("resource_prefix")

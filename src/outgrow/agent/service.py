@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 
 from outgrow.agent.cgroups import Cgroup, detect
-from outgrow.agent.checkpoint import Criu, free_port, images_size
+from outgrow.agent.checkpoint import Criu, images_size
 from outgrow.agent.images import BUILTIN_IMAGES, ImageCache, ImageSpec
 from outgrow.agent.runtime import (
     JUPYTER_KINDS,
@@ -39,6 +40,7 @@ from outgrow.agent.runtime import (
     stop_tree,
     wait_gone,
 )
+from outgrow.domain.security import PAGE_SERVER_PORTS
 from outgrow.errors import (
     CheckpointError,
     ConflictError,
@@ -119,6 +121,7 @@ class Agent:
         self._receives: dict[str, Receive] = {}
         self._samples: deque[dict[str, Any]] = deque(maxlen=METRICS_KEEP)
         self._image_progress: deque[str] = deque(maxlen=50)
+        self._image_progress_total = 0
         self._last_cpu: tuple[float, int] | None = None
         self._stop = threading.Event()
         self._lock_table = f"og-move-{cfg.instance_id}"
@@ -188,6 +191,7 @@ class Agent:
                 )
             self._job = JobState(launch=launch, image=asdict(image))
             self._image_progress.clear()
+            self._image_progress_total = 0
             self._save()
         threading.Thread(target=self._prepare_and_launch, args=(launch, image), daemon=True).start()
         return self.job_status()
@@ -196,7 +200,7 @@ class Agent:
         job = self._job
         assert job is not None
         try:
-            built = self.images.ensure(image, progress=self._image_progress.append)
+            built = self.images.ensure(image, progress=self._progress)
             launch = JobLaunch(**{**asdict(launch), "python_bin_dir": str(built.bin_dir)})
             self.cgroup.set_oom_stall(launch.evade_oom)
             with self._lock:
@@ -217,6 +221,10 @@ class Agent:
             with self._lock:
                 job.phase, job.message = "failed", str(exc)
                 self._save()
+
+    def _progress(self, line: str) -> None:
+        self._image_progress.append(line)
+        self._image_progress_total += 1
 
     def _wait_jupyter(self, launch: JobLaunch, timeout: float) -> None:
         url = f"http://127.0.0.1:{launch.port}{launch.base_url}api/status"
@@ -274,6 +282,7 @@ class Agent:
                 "oom_stalled": job.oom_stalled_at is not None,
                 "restored": job.restored,
                 "image_progress": list(self._image_progress)[-10:],
+                "image_progress_total": self._image_progress_total,
             }
 
     def _require_job(self, *phases: str) -> JobState:
@@ -317,6 +326,17 @@ class Agent:
                 data = f.read(limit)
         except FileNotFoundError:
             return {"data": "", "offset": 0, "size": 0}
+        # Never split a UTF-8 sequence between two reads: stop before an incomplete tail.
+        cut = len(data)
+        for back in range(1, min(4, len(data)) + 1):
+            b = data[-back]
+            if b & 0xC0 == 0x80:
+                continue  # continuation byte: keep looking for the lead byte
+            need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4
+            if need > back:
+                cut = len(data) - back
+            break
+        data = data[:cut]
         return {"data": data.decode(errors="replace"), "offset": start + len(data), "size": size}
 
     # ---- metrics and evadeOOM -------------------------------------------------------
@@ -547,7 +567,7 @@ class Agent:
             rdir.mkdir(parents=True)
             rec = Receive(rid=rid, dir=rdir)
             if page_server:
-                rec.port = free_port(self.cfg.address)
+                rec.port = page_server_port(self.cfg.address)
                 rec.page_server = self.criu.start_page_server(rdir, self.cfg.address, rec.port)
             self._receives[rid] = rec
             return {"receive_id": rid, "page_server_port": rec.port}
@@ -621,6 +641,20 @@ class Agent:
                 "healthy_s": round(time.monotonic() - t0, 4),
                 "pid": pid,
             }
+
+
+def page_server_port(address: str, ports: tuple[int, int] = PAGE_SERVER_PORTS) -> int:
+    """The first free port of the page-server range (the security group lets only this
+    range in from other instances)."""
+    for port in range(ports[0], ports[1] + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as CRIU's own socket
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise CheckpointError(f"no free page-server port in {ports[0]}-{ports[1]}")
 
 
 def _host_of(url: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import yaml
@@ -62,7 +62,7 @@ class Catalog:
             f"unknown instance type {name!r} (known: {known})", field="instance_type"
         )
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[InstanceType]:
         return iter(self.types)
 
     def __len__(self) -> int:

@@ -92,9 +92,11 @@ class Migrator:
             create_s = time.monotonic() - t_all
             try:
                 result = self._move(src, source, target, job_id, reason, transfer, step)
-            except OutgrowError as exc:
-                if created:
+            except BaseException as exc:
+                if created:  # also on Ctrl-C: a target we made must not leak
                     self._discard(target)
+                if not isinstance(exc, OutgrowError):
+                    raise
                 raise MigrationError(
                     f"migration of job {job_id} failed, the job keeps running on "
                     f"{source.id}: {exc}",
@@ -198,10 +200,12 @@ def wait_job(
         while True:
             st = a.job()
             lines = st.get("image_progress") or []
-            if progress and len(lines) > seen:
-                for ln in lines[seen:]:
+            total = int(st.get("image_progress_total") or len(lines))
+            if progress and total > seen:
+                # The agent keeps the last lines only: show those not seen yet.
+                for ln in lines[max(len(lines) - (total - seen), 0) :]:
                     progress(ln)
-                seen = len(lines)
+                seen = total
             if st["phase"] in phases:
                 return st
             if st["phase"] in ("failed", "exited", "stopped") and st["phase"] not in phases:

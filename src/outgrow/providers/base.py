@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from outgrow.agent.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
+from outgrow.domain.security import SecurityGroup
 from outgrow.errors import ConfigError
 from outgrow.settings import Settings
 
@@ -49,9 +50,16 @@ class Provider(ABC):
 
     @abstractmethod
     def create_instance(
-        self, type_name: str, *, spot: bool = False, tags: Mapping[str, str] | None = None
+        self,
+        type_name: str,
+        *,
+        spot: bool = False,
+        tags: Mapping[str, str] | None = None,
+        security_group: SecurityGroup | None = None,
     ) -> InstanceInfo:
-        """Create an instance and return once its agent answers (ProviderError otherwise)."""
+        """Create an instance and return once its agent answers (ProviderError otherwise).
+        ``security_group`` (providers with Capability.SECURITY_GROUPS) limits inbound
+        traffic from the start; None leaves the instance open."""
 
     @abstractmethod
     def delete_instance(self, instance_id: str) -> None:

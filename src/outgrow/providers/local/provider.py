@@ -25,8 +25,10 @@ from outgrow.agent.cgroups import detect
 from outgrow.agent.client import AgentClient
 from outgrow.agent.images import ImageCache, ImageSpec
 from outgrow.domain.instance_types import GIB, Catalog, parse_catalog
-from outgrow.errors import AgentError, CapacityError, OutgrowError, ProviderError
+from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
+from outgrow.errors import AgentError, CapacityError, ConfigError, OutgrowError, ProviderError
 from outgrow.providers.base import Capability, InstanceInfo, Provider
+from outgrow.providers.local import firewall
 from outgrow.providers.local.network import HostNetwork, new_instance_id, run_in_netns_argv
 from outgrow.settings import Settings
 
@@ -36,6 +38,17 @@ log = logging.getLogger("outgrow.provider.local")
 def packaged_catalog() -> Catalog:
     text = resources.files("outgrow.providers.local").joinpath("catalog.yaml").read_text()
     return parse_catalog(text, "packaged local catalog")
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    """The user's catalog file when configured, else the packaged one."""
+    if path is None:
+        return packaged_catalog()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the instance-type catalog {path}: {exc.strerror}") from exc
+    return parse_catalog(text, str(path))
 
 
 def host_memory_bytes() -> int:
@@ -64,11 +77,7 @@ class LocalProvider(Provider):
         self.net = HostNetwork(settings.resource_prefix, settings.address_pool, settings.data_dir)
         self.cgroups = detect()
         if catalog is None:
-            catalog = (
-                parse_catalog(settings.catalog_path.read_text(), str(settings.catalog_path))
-                if settings.catalog_path
-                else packaged_catalog()
-            )
+            catalog = load_catalog(settings.catalog_path)
         self._catalog = catalog
 
     @classmethod
@@ -130,9 +139,16 @@ class LocalProvider(Provider):
 
     # ---- create / delete --------------------------------------------------------------
     def create_instance(
-        self, type_name: str, *, spot: bool = False, tags: Mapping[str, str] | None = None
+        self,
+        type_name: str,
+        *,
+        spot: bool = False,
+        tags: Mapping[str, str] | None = None,
+        security_group: SecurityGroup | None = None,
     ) -> InstanceInfo:
         itype = self._catalog.get(type_name)
+        if security_group is not None:
+            security_group.check_reserved(self.settings.agent_port, PAGE_SERVER_PORTS)
         self._check_capacity(itype.memory_bytes)
         iid = new_instance_id()
         d = self._dir(iid)
@@ -156,7 +172,10 @@ class LocalProvider(Provider):
                 "tags": dict(tags or {}),
                 "netns": ns.path,
                 "cgroup": cg.name,
+                "security_group": security_group.to_dict() if security_group else None,
             }
+            if security_group is not None:  # before the agent listens: never open
+                self._apply_sg(ns.path, security_group)
             (d / "instance.json").write_text(json.dumps(rec))
             self._start_agent(iid, ns.path, str(ns.address))
             info = self._info(iid, rec, "running")
@@ -170,6 +189,39 @@ class LocalProvider(Provider):
             if isinstance(exc, Exception):
                 raise ProviderError(f"creating a {type_name} instance failed: {exc}") from exc
             raise
+
+    def _apply_sg(self, netns_path: str, sg: SecurityGroup) -> None:
+        firewall.apply(
+            netns_path,
+            sg,
+            gateway=str(self.net.gateway),
+            pool=str(self.net.pool),
+            agent_port=self.settings.agent_port,
+            page_server_ports=PAGE_SERVER_PORTS,
+        )
+
+    def update_security_group(self, instance_id: str, sg: SecurityGroup | None) -> None:
+        """Replace the instance's security group atomically (None: remove it, all open)."""
+        rec = self._record(instance_id)
+        if rec is None:
+            raise ProviderError(f"no instance {instance_id}")
+        netns = str(rec["netns"])
+        if sg is None:
+            firewall.remove(netns)
+        else:
+            sg.check_reserved(self.settings.agent_port, PAGE_SERVER_PORTS)
+            self._apply_sg(netns, sg)
+        rec["security_group"] = sg.to_dict() if sg else None
+        path = self._dir(instance_id) / "instance.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec))
+        tmp.replace(path)
+
+    def security_group(self, instance_id: str) -> SecurityGroup | None:
+        """The security group recorded for the instance (None: none applied)."""
+        rec = self._record(instance_id)
+        raw = rec.get("security_group") if rec else None
+        return SecurityGroup.from_dict(raw) if isinstance(raw, dict) else None
 
     def _start_agent(self, iid: str, netns_path: str, address: str) -> None:
         d = self._dir(iid)

@@ -1,0 +1,625 @@
+"""Migration benchmark: live-migrate a Jupyter kernel holding S GiB of real data.
+
+For each data size S, in one run (so ratios compare like with like):
+
+1. a ``jupyter-server`` job on the smallest local type with ≥ S × 1.4 + 0.5 GiB; a kernel
+   builds S GiB: half a NumPy float64 array, half a pandas DataFrame of numeric columns;
+   the size is checked with ``nbytes`` / ``memory_usage`` and a CRC32 of all the data is
+   taken in the kernel;
+2. ``repeat`` live migrations per transfer mode ("page-server", "copy"), alternating,
+   each to a new instance of the same type through ``Migrator.migrate``; after each move
+   the kernel recomputes the CRC32 (a benchmark that moves a broken kernel is worthless);
+3. raw CRIU through the agent's own code: ``checkpoint(dest_dir=…)`` (the same ``criu
+   dump`` flags, no page server, no copy), ``commit`` (kills the tree), ``restore(
+   source_dir=…)`` into the same instance; CRC32 again;
+4. restart and reload: shut the kernel down, start a new kernel in the same job and time
+   how long building the same data takes (what a user without migration pays).
+
+Every instance lives under a resource prefix of its own ("ob" + 3 hex) and an address pool
+of its own; all of them are deleted (try/finally, provider.teardown()) even on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+import httpx
+from rich.table import Table
+from summary import (
+    GIB,
+    fmt_bool,
+    fmt_gib,
+    fmt_ratio,
+    fmt_s,
+    pick_type,
+    required_memory_gib,
+    summarise_size,
+)
+
+from outgrow.agent.images import BUILTIN_IMAGES
+from outgrow.errors import MigrationError, OutgrowError
+from outgrow.orchestrator.migrate import Migrator, agent, wait_job
+from outgrow.providers.base import InstanceInfo
+from outgrow.providers.local.provider import LocalProvider
+from outgrow.settings import Settings
+
+NAME = "migration"
+MODES = ("page-server", "copy")
+CRIU = Path(os.environ.get("OUTGROW_CRIU_PATH", "/opt/outgrow/criu/sbin/criu"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+KIND = "jupyter-server"
+CELL_TIMEOUT = 900.0
+
+Say = Callable[[str], None]
+
+
+class BenchFailure(Exception):
+    """The benchmark cannot go on with this size (e.g. the data did not survive)."""
+
+
+STEP_ERRORS = (BenchFailure, OutgrowError, httpx.HTTPError, TimeoutError, OSError)
+
+
+def _jupyter_ws() -> ModuleType:
+    """The kernel-protocol websocket client of the tests (tests/jupyter_ws.py)."""
+    spec = importlib.util.spec_from_file_location("jupyter_ws", TESTS / "jupyter_ws.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+jws = _jupyter_ws()
+
+# ---- code run in the kernel ---------------------------------------------------------
+HELPERS = """
+import json, time, zlib
+def _og_rss():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024
+    return 0
+def _og_checksum():
+    import numpy as np
+    c = zlib.crc32(x)
+    for name in df.columns:
+        c = zlib.crc32(np.ascontiguousarray(df[name].to_numpy()), c)
+    return f'{c:08x}'
+"""
+
+# Half NumPy (np.random.default_rng(0).random(n), float64), half a DataFrame of 5 numeric
+# columns (8+8+8+4+4 = 32 bytes a row). Timed in the kernel and by the client.
+BUILD = """
+_t0 = time.perf_counter()
+import numpy as np
+import pandas as pd
+_half = int({size_gib!r} * 1024**3) // 2
+x = np.random.default_rng(0).random(_half // 8)
+_rng = np.random.default_rng(1)
+_m = _half // 32
+df = pd.DataFrame(
+    {{
+        'a': _rng.random(_m),
+        'b': _rng.standard_normal(_m),
+        'c': _rng.integers(0, 1 << 40, _m, dtype=np.int64),
+        'd': _rng.integers(0, 1 << 30, _m, dtype=np.int32),
+        'e': _rng.random(_m, dtype=np.float32),
+    }},
+    copy=False,
+)
+del _rng
+_build_s = time.perf_counter() - _t0
+print(json.dumps({{
+    'build_s': _build_s,
+    'numpy_bytes': int(x.nbytes),
+    'pandas_bytes': int(df.memory_usage(index=False, deep=True).sum()),
+    'rows': len(df), 'columns': list(df.columns),
+    'rss_bytes': _og_rss(),
+}}))
+"""
+
+CHECK = "print(json.dumps({'checksum': _og_checksum(), 'rss_bytes': _og_rss()}))"
+
+
+def run_json(ks: Any, code: str, timeout: float = CELL_TIMEOUT) -> dict[str, Any]:
+    out = ks.run(code, timeout=timeout)
+    if out.error:
+        raise BenchFailure(f"kernel cell failed: {out.error}")
+    lines = [ln for ln in out.text.splitlines() if ln.strip()]
+    if not lines:
+        raise BenchFailure(f"kernel cell printed nothing (result {out.result!r})")
+    data: dict[str, Any] = json.loads(lines[-1])
+    return data
+
+
+# ---- jobs and kernels ---------------------------------------------------------------
+def jupyter_base(inst: InstanceInfo, body: dict[str, Any]) -> str:
+    return f"http://{inst.address}:{body.get('port', 8888)}{body['base_url']}"
+
+
+def start_job(provider: LocalProvider, type_name: str) -> tuple[InstanceInfo, dict[str, Any]]:
+    image = BUILTIN_IMAGES[KIND]
+    provider.prepare_image(image)
+    inst = provider.create_instance(type_name, tags={"outgrow:bench": NAME})
+    job_id = "jb" + secrets.token_hex(4)
+    body = {
+        "job_id": job_id,
+        "kind": KIND,
+        "image": {**asdict(image), "pip": list(image.pip)},
+        "script": "",
+        "jupyter_token": secrets.token_hex(16),
+        "base_url": f"/jobs/{job_id}/",
+        "evade_oom": True,
+    }
+    try:
+        with agent(inst) as a:
+            a.start_job(body)
+        wait_job(inst, timeout=300)
+    except BaseException:
+        provider.delete_instance(inst.id)
+        raise
+    return inst, body
+
+
+def shutdown_kernel(base: str, token: str, kid: str) -> None:
+    r = httpx.delete(
+        f"{base}api/kernels/{kid}", headers={"Authorization": f"token {token}"}, timeout=60
+    )
+    r.raise_for_status()
+
+
+def job_memory(inst: InstanceInfo) -> dict[str, Any]:
+    with agent(inst) as a:
+        now = a.metrics()["now"] or {}
+    return {
+        "job_mem_used_bytes": now.get("mem_used_bytes"),
+        "job_mem_rss_bytes": now.get("mem_rss_bytes"),
+        "job_mem_limit_bytes": now.get("mem_limit_bytes"),
+    }
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def tree_exited(init_pid: int, timeout: float = 120.0) -> float:
+    """Wait until the pid-namespace init of a killed job tree has finished exiting (it only
+    does once every task of its namespace is gone) and return how long that took.
+
+    Dying tasks vanish from cgroup.procs at once, but a multi-threaded process keeps its
+    files (sockets) open until its last thread has torn down its memory, which takes
+    seconds for GiBs here; the agent's commit() does not wait for that."""
+    t0 = time.monotonic()
+    while _proc_state(init_pid) not in ("gone", "Z", "X"):
+        if time.monotonic() - t0 > timeout:
+            raise BenchFailure(f"the killed job tree (init {init_pid}) did not exit")
+        time.sleep(0.005)
+    return time.monotonic() - t0
+
+
+# ---- one size -----------------------------------------------------------------------
+class SizeRun:
+    """Everything for one data size; ``inst`` is always the instance running the job."""
+
+    def __init__(self, provider: LocalProvider, size_gib: float, repeat: int, say: Say):
+        self.p = provider
+        self.size_gib = size_gib
+        self.repeat = repeat
+        self.say = say
+        self.inst: InstanceInfo | None = None
+        self.body: dict[str, Any] = {}
+        self.ks: Any = None
+        self.kid = ""
+        self.checksum = ""
+        t = pick_type(provider.instance_types(), size_gib)
+        self.rec: dict[str, Any] = {
+            "size_gib": size_gib,
+            "type": t.name,
+            "type_memory_gib": t.memory_gib,
+            "type_vcpus": t.vcpus,
+            "required_memory_gib": required_memory_gib(size_gib),
+            "migrations": [],
+            "failed_migrations": [],
+            "raw_criu": [],
+            "reload": [],
+            "errors": [],
+            "loadavg_start": os.getloadavg(),
+        }
+
+    @property
+    def base(self) -> str:
+        assert self.inst is not None
+        return jupyter_base(self.inst, self.body)
+
+    @property
+    def token(self) -> str:
+        return str(self.body["jupyter_token"])
+
+    def connect(self) -> None:
+        if self.ks is None:
+            self.ks = jws.KernelSession(self.base, self.token, self.kid)
+        else:
+            self.ks.connect(self.base)
+
+    def disconnect(self) -> None:
+        # Like the stable-URL proxy: drop our side before a move, keep the session id.
+        if self.ks is not None:
+            self.ks.close()
+
+    def verify(self, what: str) -> dict[str, Any]:
+        self.connect()
+        got = run_json(self.ks, CHECK)
+        intact = got["checksum"] == self.checksum
+        if not intact:
+            raise BenchFailure(
+                f"{what}: data checksum {got['checksum']} != {self.checksum} before the move"
+            )
+        return {"intact": intact, "kernel_rss_after_bytes": got["rss_bytes"]}
+
+    def _failed(self, step: str, exc: BaseException) -> None:
+        self.say(f"[red]size {self.size_gib:g} GiB, {step} failed: {exc}")
+        detail = getattr(exc, "detail", None)
+        self.rec["errors"].append(
+            {
+                "step": step,
+                "error": f"{type(exc).__name__}: {exc}",
+                "detail": (detail or "")[-3000:],
+            }
+        )
+
+    def run(self) -> dict[str, Any]:
+        t_size = time.monotonic()
+        try:
+            self._setup()
+            self._migrations()
+            try:
+                self._raw_criu()
+            except STEP_ERRORS as exc:
+                # A failed restore after the commit loses the job: the reload needs a new one.
+                self._failed("raw CRIU", exc)
+                self._recover_job()
+            self._reload()
+        except STEP_ERRORS as exc:
+            self._failed("benchmark", exc)
+        finally:
+            self.disconnect()
+            if self.inst is not None:
+                self.say(f"deleting instance {self.inst.id}")
+                self.p.delete_instance(self.inst.id)
+                self.inst = None
+            # Anything a failed step left behind (a target half created, …).
+            self.p.cleanup()
+        self.rec["loadavg_end"] = os.getloadavg()
+        self.rec["size_wall_s"] = round(time.monotonic() - t_size, 2)
+        return self.rec
+
+    def _recover_job(self) -> None:
+        assert self.inst is not None
+        with agent(self.inst) as a:
+            phase = a.job().get("phase")
+        if phase == "running":
+            return
+        self.say(f"  the job is {phase}; starting a new one for the reload measurement")
+        self.disconnect()
+        self.ks = None
+        self.p.delete_instance(self.inst.id)
+        self.inst = None
+        self.inst, self.body = start_job(self.p, self.rec["type"])
+        self.kid = jws.create_kernel(self.base, self.token)
+        self.rec["job_restarted_for_reload"] = True
+
+    def _setup(self) -> None:
+        t = self.rec["type"]
+        self.say(f"[bold]{self.size_gib:g} GiB[/]: starting a {KIND} job on {t}")
+        t0 = time.monotonic()
+        self.inst, self.body = start_job(self.p, t)
+        self.rec["job_start_s"] = round(time.monotonic() - t0, 3)
+        self.kid = jws.create_kernel(self.base, self.token)
+        self.connect()
+        run_json(self.ks, HELPERS + "print('{}')")
+        t0 = time.monotonic()
+        info = run_json(self.ks, BUILD.format(size_gib=self.size_gib))
+        self.rec["first_build_wall_s"] = round(time.monotonic() - t0, 3)
+        data_bytes = info["numpy_bytes"] + info["pandas_bytes"]
+        want = self.size_gib * GIB
+        if abs(data_bytes - want) > 0.01 * want:
+            raise BenchFailure(f"built {data_bytes} bytes of data, wanted {want:.0f}")
+        self.checksum = run_json(self.ks, CHECK)["checksum"]
+        mem = job_memory(self.inst)
+        self.rec.update(
+            {
+                "data_bytes": data_bytes,
+                "numpy_bytes": info["numpy_bytes"],
+                "pandas_bytes": info["pandas_bytes"],
+                "kernel_rss_bytes": info["rss_bytes"],
+                "first_build_s": info["build_s"],
+                "checksum": self.checksum,
+                **mem,
+            }
+        )
+        self.say(
+            f"  data {data_bytes / GIB:.3f} GiB (numpy {info['numpy_bytes'] / GIB:.3f} + "
+            f"pandas {info['pandas_bytes'] / GIB:.3f}), kernel RSS "
+            f"{info['rss_bytes'] / GIB:.3f} GiB, job cgroup "
+            f"{(mem['job_mem_used_bytes'] or 0) / GIB:.3f} GiB, crc32 {self.checksum}, "
+            f"built in {info['build_s']:.2f} s"
+        )
+
+    def _migrations(self) -> None:
+        migrator = Migrator(self.p)
+        t = self.rec["type"]
+        for i in range(2 * self.repeat):
+            mode = MODES[i % 2]
+            assert self.inst is not None
+            source = self.inst
+            self.disconnect()
+            t0 = time.monotonic()
+            try:
+                r = migrator.migrate(
+                    source,
+                    target_type=t,
+                    transfer=mode,  # type: ignore[arg-type]
+                    reason="benchmark",
+                    on_step=lambda s: None,
+                )
+            except MigrationError as exc:
+                # The contract: the job keeps running on the source, nothing lost.
+                self.say(f"[red]  migration {i + 1} ({mode}) failed: {exc}")
+                fail = {"transfer": mode, "error": str(exc), "detail": (exc.detail or "")[-2000:]}
+                fail.update(self.verify(f"after failed migration {i + 1}"))
+                self.rec["failed_migrations"].append(fail)
+                continue
+            wall = time.monotonic() - t0
+            new = self.p.describe_instance(r.target_instance)
+            if new is None:
+                raise BenchFailure(f"target instance {r.target_instance} vanished")
+            self.inst = new
+            rec = {**r.to_dict(), "wall_s": round(wall, 4)}
+            rec.update(self.verify(f"migration {i + 1} ({mode})"))
+            self.rec["migrations"].append(rec)
+            self.say(
+                f"  move {i + 1}/{2 * self.repeat} {mode:11s} downtime {r.downtime_s:.2f} s "
+                f"(freeze {r.freeze_s:.2f} dump {r.dump_s:.2f} transfer {r.transfer_s:.2f} "
+                f"restore {r.restore_s:.2f}), total {r.total_s:.2f} s, "
+                f"checkpoint {r.checkpoint_bytes / GIB:.2f} GiB, data intact"
+            )
+
+    def _raw_criu(self) -> None:
+        for i in range(self.repeat):
+            assert self.inst is not None
+            # Same filesystem as the instances' own work dirs (the provider's data dir).
+            dest = self.p.settings.data_dir / "raw-criu" / f"{self.size_gib:g}-{i}"
+            shutil.rmtree(dest, ignore_errors=True)
+            self.disconnect()
+            try:
+                with agent(self.inst) as a:
+                    init_pid = int(a.job()["pid"])
+                    t0 = time.monotonic()
+                    ck = a.checkpoint(dest_dir=str(dest))
+                    t1 = time.monotonic()
+                    a.commit()
+                    t2 = time.monotonic()
+                    # commit() returns while the killed tree still exits (see tree_exited);
+                    # restoring into the same netns before it is gone collides with its
+                    # still-open loopback connections (EADDRNOTAVAIL).
+                    teardown_s = tree_exited(init_pid)
+                    t2b = time.monotonic()
+                    rs = a.restore(source_dir=str(dest))
+                    t3 = time.monotonic()
+                rec = {
+                    "freeze_s": ck["freeze_s"],
+                    "dump_s": ck["dump_s"],
+                    "restore_s": rs["restore_s"],
+                    "healthy_s": rs["healthy_s"],
+                    "checkpoint_call_s": round(t1 - t0, 4),
+                    "commit_call_s": round(t2 - t1, 4),
+                    "teardown_wait_s": round(teardown_s, 4),
+                    "restore_call_s": round(t3 - t2b, 4),
+                    "checkpoint_bytes": ck["local_bytes"],
+                    "rss_bytes": ck["rss_bytes"],
+                }
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+            rec.update(self.verify(f"raw CRIU round {i + 1}"))
+            self.rec["raw_criu"].append(rec)
+            self.say(
+                f"  raw criu {i + 1}/{self.repeat}: freeze {rec['freeze_s']:.2f} dump "
+                f"{rec['dump_s']:.2f} restore {rec['restore_s']:.2f} s "
+                f"({rec['checkpoint_bytes'] / GIB:.2f} GiB; killed tree gone after "
+                f"{rec['teardown_wait_s']:.2f} s), data intact"
+            )
+
+    def _reload(self) -> None:
+        for i in range(self.repeat):
+            self.disconnect()
+            if self.kid:
+                shutdown_kernel(self.base, self.token, self.kid)
+            self.ks = None
+            t0 = time.monotonic()
+            self.kid = jws.create_kernel(self.base, self.token)
+            self.connect()
+            run_json(self.ks, HELPERS + "print('{}')")
+            t1 = time.monotonic()
+            info = run_json(self.ks, BUILD.format(size_gib=self.size_gib))
+            t2 = time.monotonic()
+            rec = {
+                "kernel_start_s": round(t1 - t0, 4),
+                "build_s": round(t2 - t1, 4),
+                "build_in_kernel_s": info["build_s"],
+                "reload_s": round(t2 - t0, 4),
+            }
+            # Same seed, same code: the reloaded data must be the same data.
+            rec.update(self.verify(f"reload {i + 1}"))
+            self.rec["reload"].append(rec)
+            self.say(
+                f"  restart+reload {i + 1}/{self.repeat}: {rec['reload_s']:.2f} s "
+                f"(kernel start {rec['kernel_start_s']:.2f}, build {rec['build_s']:.2f})"
+            )
+
+
+# ---- the benchmark ------------------------------------------------------------------
+def _free_pool() -> str:
+    """198.19.<n>.0/24 with no address of it on this host (another run may hold one)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for _ in range(200):
+        n = random.randint(1, 250)
+        if f" 198.19.{n}." not in used:
+            return f"198.19.{n}.0/24"
+    raise RuntimeError("no free 198.19.<n>.0/24 pool")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run(sizes: list[float], repeat: int, say: Say) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        raise SystemExit("the migration benchmark needs root (namespaces, cgroups, CRIU)")
+    if not CRIU.exists():
+        raise SystemExit(f"CRIU not found at {CRIU}")
+    prefix = "ob" + secrets.token_hex(2)[:3]
+    pool = _free_pool()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"outgrow-bench-{prefix}-", dir="/var/tmp"))
+    settings = Settings(
+        data_dir=data_dir, resource_prefix=prefix, address_pool=pool, criu_path=CRIU
+    )
+    provider = LocalProvider(settings)
+    say(f"resource prefix {prefix}, pool {pool}, data dir {data_dir}")
+    result: dict[str, Any] = {
+        "resource_prefix": prefix,
+        "address_pool": pool,
+        "data_dir": str(data_dir),
+        "sizes_gib": sizes,
+        "repeat_per_mode": repeat,
+        "modes": list(MODES),
+        "state_basis_of_target": "median checkpoint bytes (decimal GB)",
+        "sizes": [],
+        "rows": [],
+    }
+    t0 = time.monotonic()
+    with _sigterm_as_interrupt():
+        try:
+            for s in sizes:
+                rec = SizeRun(provider, s, repeat, say).run()
+                result["sizes"].append(rec)
+                result["rows"] += summarise_size(rec)
+        finally:
+            # No second Ctrl-C may interrupt the cleanup.
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                say("tearing down every instance of this run")
+                provider.teardown()
+                shutil.rmtree(data_dir, ignore_errors=True)
+            finally:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
+    result["runtime_s"] = round(time.monotonic() - t0, 1)
+    result["ok"] = all(
+        not r["errors"] and not r["failed_migrations"] for r in result["sizes"]
+    ) and all(row["intact"] for row in result["rows"])
+    return result
+
+
+def table(result: dict[str, Any]) -> Table:
+    t = Table(
+        title="Live migration of a Jupyter kernel (medians; downtime with min–max)",
+        caption="seconds unless marked; target = 0.3 s + checkpoint GB / 2 (DESIGN §6); in "
+        "page-server mode the pages stream during the dump (xfer = the other images only); "
+        "raw = criu dump / restore through the agent, no page server, no copy, same instance; "
+        "reload = new kernel + rebuild the data",
+        header_style="bold",
+    )
+    cols = [
+        ("GiB", "right"),
+        ("type", "left"),
+        ("mode", "left"),
+        ("n", "right"),
+        ("data GiB", "right"),
+        ("kern RSS", "right"),
+        ("cgroup", "right"),
+        ("freeze", "right"),
+        ("dump", "right"),
+        ("xfer", "right"),
+        ("restore", "right"),
+        ("downtime", "right"),
+        ("total", "right"),
+        ("ckpt GiB", "right"),
+        ("ckpt/RSS", "right"),
+        ("raw dump", "right"),
+        ("raw rest", "right"),
+        ("reload", "right"),
+        ("target", "right"),
+        ("meets", "center"),
+        ("down/raw", "right"),
+        ("reload/down", "right"),
+        ("intact", "center"),
+    ]
+    for name, justify in cols:
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in result["rows"]:
+        t.add_row(
+            f"{r['size_gib']:g}",
+            str(r["type"]),
+            r["mode"],
+            str(r["n"]),
+            fmt_gib(r["data_bytes"]),
+            fmt_gib(r["kernel_rss_bytes"]),
+            fmt_gib(r["job_mem_used_bytes"]),
+            fmt_s(r["freeze_s"]),
+            fmt_s(r["dump_s"]),
+            fmt_s(r["transfer_s"]),
+            fmt_s(r["restore_s"]),
+            fmt_s(r["downtime_s"], spread=True),
+            fmt_s(r["total_s"]),
+            fmt_gib(r["checkpoint_bytes"]),
+            fmt_ratio(r["checkpoint_rss_ratio"]),
+            fmt_s(r["raw_dump_s"]),
+            fmt_s(r["raw_restore_s"]),
+            fmt_s(r["reload_s"]),
+            fmt_s(r["target_s"]),
+            fmt_bool(r["meets_target"]),
+            fmt_ratio(r["downtime_over_raw"]),
+            fmt_ratio(r["reload_over_downtime"]),
+            fmt_bool(r["intact"]),
+        )
+    return t
+
+
+def problems(result: dict[str, Any]) -> list[str]:
+    out = []
+    for s in result["sizes"]:
+        for e in s["errors"]:
+            out.append(f"{s['size_gib']:g} GiB: {e['step']}: {e['error']}")
+        for f in s["failed_migrations"]:
+            out.append(f"{s['size_gib']:g} GiB: {f['transfer']} migration failed: {f['error']}")
+    return out

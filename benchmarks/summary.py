@@ -1,0 +1,172 @@
+"""Pure summarising code of the benchmarks: medians, ratios, the DESIGN targets.
+
+No I/O and no outgrow runtime here, so tests/unit/test_bench_summary.py can check it with
+made-up inputs. The migration benchmark stores raw figures per data size (see
+``summarise_size`` for the shape) and turns them into one row per size and transfer mode.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+GIB = 1024**3
+GB = 1e9
+
+# DESIGN.md §6: downtime ≤ 0.3 s + state / 2 GB/s; checkpoint ≤ 1.1 × resident memory.
+TARGET_BASE_S = 0.3
+TARGET_GB_PER_S = 2.0
+CHECKPOINT_RSS_MAX = 1.1
+
+# Headroom rule of the brief: an instance for S GiB of data has ≥ S × 1.4 + 0.5 GiB.
+HEADROOM_FACTOR = 1.4
+HEADROOM_GIB = 0.5
+
+TIMINGS = ("freeze_s", "dump_s", "transfer_s", "restore_s", "downtime_s", "total_s")
+
+
+class TypeLike(Protocol):
+    name: str
+    memory_gib: float
+    vcpus: float
+    price_per_hour: float
+
+
+Stats = dict[str, float]
+
+
+def stats(values: Iterable[float | int | None]) -> Stats | None:
+    """Median, min, max and count of the values that are not None (None when none are)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+    }
+
+
+def med(s: Stats | None) -> float | None:
+    return None if s is None else s["median"]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is not positive."""
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def required_memory_gib(size_gib: float) -> float:
+    return size_gib * HEADROOM_FACTOR + HEADROOM_GIB
+
+
+def pick_type(types: Iterable[TypeLike], size_gib: float) -> TypeLike:
+    """The smallest type (memory, then vCPUs, then price) with memory ≥ S × 1.4 + 0.5 GiB."""
+    need = required_memory_gib(size_gib)
+    fit = [t for t in types if t.memory_gib >= need - 1e-9]
+    if not fit:
+        raise ValueError(f"no instance type has {need:g} GiB for {size_gib:g} GiB of data")
+    return min(fit, key=lambda t: (t.memory_gib, t.vcpus, t.price_per_hour, t.name))
+
+
+def downtime_target_s(state_bytes: float) -> float:
+    """DESIGN.md §6: 0.3 s + state / (2 GB/s), state in decimal GB."""
+    return TARGET_BASE_S + state_bytes / GB / TARGET_GB_PER_S
+
+
+def meets(value: float | None, limit: float | None) -> bool | None:
+    if value is None or limit is None:
+        return None
+    return value <= limit
+
+
+def split_modes(migrations: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Migrations grouped by transfer mode, modes in first-seen order."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for m in migrations:
+        out.setdefault(str(m["transfer"]), []).append(m)
+    return out
+
+
+def summarise_size(size: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per transfer mode for one data size.
+
+    ``size`` holds: size_gib, type, data_bytes, kernel_rss_bytes, job_mem_used_bytes,
+    migrations (dicts with transfer, the TIMINGS, checkpoint_bytes, rss_bytes, intact),
+    raw_criu (dicts with freeze_s, dump_s, restore_s, intact) and reload (dicts with
+    reload_s, intact). Failed attempts are simply absent; ``intact`` False marks a run
+    whose data did not survive (it is counted, and the row says so).
+    """
+    raw = list(size.get("raw_criu") or [])
+    reload_ = list(size.get("reload") or [])
+    raw_dump = stats(r.get("dump_s") for r in raw)
+    raw_restore = stats(r.get("restore_s") for r in raw)
+    raw_total = stats(
+        r["dump_s"] + r["restore_s"]
+        for r in raw
+        if r.get("dump_s") is not None and r.get("restore_s") is not None
+    )
+    reload_s = stats(r.get("reload_s") for r in reload_)
+    rows = []
+    for mode, runs in split_modes(size.get("migrations") or []).items():
+        row: dict[str, Any] = {
+            "size_gib": size["size_gib"],
+            "type": size.get("type"),
+            "mode": mode,
+            "n": len(runs),
+            "data_bytes": size.get("data_bytes"),
+            "kernel_rss_bytes": size.get("kernel_rss_bytes"),
+            "job_mem_used_bytes": size.get("job_mem_used_bytes"),
+        }
+        for key in (*TIMINGS, "create_target_s"):
+            row[key] = stats(r.get(key) for r in runs)
+        ck = stats(r.get("checkpoint_bytes") for r in runs)
+        rss = stats(r.get("rss_bytes") for r in runs)
+        row["checkpoint_bytes"] = med(ck)
+        row["rss_bytes"] = med(rss)
+        row["checkpoint_rss_ratio"] = ratio(med(ck), med(rss))
+        row["checkpoint_rss_ok"] = meets(row["checkpoint_rss_ratio"], CHECKPOINT_RSS_MAX)
+        row["raw_dump_s"] = raw_dump
+        row["raw_restore_s"] = raw_restore
+        row["raw_criu_s"] = raw_total
+        row["reload_s"] = reload_s
+        # The state that has to move is what CRIU writes: the checkpoint.
+        target = downtime_target_s(med(ck)) if ck else None
+        row["target_s"] = target
+        row["meets_target"] = meets(med(row["downtime_s"]), target)
+        row["downtime_over_raw"] = ratio(med(row["downtime_s"]), med(raw_total))
+        row["reload_over_downtime"] = ratio(med(reload_s), med(row["downtime_s"]))
+        row["intact"] = all(bool(r.get("intact")) for r in runs) and all(
+            bool(r.get("intact")) for r in (*raw, *reload_)
+        )
+        rows.append(row)
+    return rows
+
+
+# ---- formatting (used by the tables) ------------------------------------------------
+def fmt_s(s: Stats | float | None, spread: bool = False) -> str:
+    """Seconds: ``1.23`` or, with spread and more than one value, ``1.23 (1.10–1.40)``."""
+    if s is None:
+        return "—"
+    if isinstance(s, float | int):
+        return f"{s:.2f}"
+    text = f"{s['median']:.2f}"
+    if spread and s.get("n", 1) > 1:
+        text += f" ({s['min']:.2f}–{s['max']:.2f})"
+    return text
+
+
+def fmt_gib(b: float | None) -> str:
+    return "—" if b is None else f"{b / GIB:.2f}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "—" if r is None else f"{r:.2f}×"
+
+
+def fmt_bool(v: bool | None) -> str:
+    return "—" if v is None else ("yes" if v else "NO")

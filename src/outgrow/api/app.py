@@ -1,0 +1,212 @@
+"""The FastAPI application: ``/api/v1`` routes, ``/metrics`` and health."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, FastAPI, Query, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from outgrow import __version__
+from outgrow.api import deps
+from outgrow.api.deps import Plane, User
+from outgrow.api.schemas import (
+    ImageBody,
+    LoginBody,
+    MigrateBody,
+    ModifyBody,
+    TemplateBody,
+    TemplateSubmit,
+    TokenBody,
+    UserBody,
+)
+from outgrow.controlplane.service import ControlPlane
+from outgrow.domain.jobs import (
+    EventView,
+    ImageView,
+    JobView,
+    TemplateView,
+    TokenView,
+    UserView,
+    spec_from_mapping,
+)
+from outgrow.errors import OutgrowError
+from outgrow.proxy import StableUrlProxy
+
+JobRef = Annotated[str, "job id or name"]
+
+
+def create_app(plane: ControlPlane) -> FastAPI:
+    app = FastAPI(
+        title="outgrow",
+        version=__version__,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.cp = plane
+    app.add_exception_handler(OutgrowError, deps.outgrow_error)
+    app.add_exception_handler(RequestValidationError, deps.validation_error)
+    app.add_exception_handler(StarletteHTTPException, deps.http_error)
+    app.add_exception_handler(Exception, deps.unexpected_error)
+    api = APIRouter(prefix="/api/v1")
+
+    @api.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @api.post("/login")
+    def login(body: LoginBody, cp: Plane) -> dict[str, str]:
+        user = cp.login(body.name, body.password)
+        _, secret = cp.create_token(user, f"login-{int(time.time())}")
+        return {"token": secret}
+
+    @api.get("/me")
+    def me(user: User) -> UserView:
+        return user
+
+    @api.post("/users", status_code=201)
+    def add_user(body: UserBody, user: User, cp: Plane) -> UserView:
+        return cp.create_user(user, body.name, body.password, body.is_admin)
+
+    @api.get("/tokens")
+    def tokens(user: User, cp: Plane) -> list[TokenView]:
+        return cp.list_tokens(user)
+
+    @api.post("/tokens", status_code=201)
+    def new_token(body: TokenBody, user: User, cp: Plane) -> dict[str, Any]:
+        view, secret = cp.create_token(user, body.name)
+        return {"token": secret, **view.model_dump(mode="json")}
+
+    @api.delete("/tokens/{token_id}", status_code=204)
+    def revoke(token_id: int, user: User, cp: Plane) -> Response:
+        cp.revoke_token(user, token_id)
+        return Response(status_code=204)
+
+    @api.get("/instance-types")
+    def instance_types(user: User, cp: Plane) -> list[dict[str, Any]]:
+        return cp.instance_types()
+
+    @api.get("/images")
+    def images(user: User, cp: Plane) -> list[ImageView]:
+        return cp.list_images(user)
+
+    @api.post("/images", status_code=201)
+    def add_image(body: ImageBody, user: User, cp: Plane) -> ImageView:
+        return cp.add_image(user, body.name, body.pip, body.base, body.description)
+
+    @api.delete("/images/{name}", status_code=204)
+    def rm_image(name: str, user: User, cp: Plane) -> Response:
+        cp.remove_image(user, name)
+        return Response(status_code=204)
+
+    @api.post("/jobs", status_code=201)
+    def submit(
+        user: User,
+        cp: Plane,
+        body: Annotated[dict[str, Any], Body(description="a JobSpec, or {template, overrides}")],
+    ) -> JobView:
+        if "template" in body:
+            t = TemplateSubmit(**body)
+            return cp.submit_template(user, t.template, t.overrides)
+        return cp.submit(user, spec_from_mapping(body))
+
+    @api.get("/jobs")
+    def jobs(
+        user: User, cp: Plane, status: Annotated[list[str] | None, Query()] = None
+    ) -> list[JobView]:
+        return cp.list_jobs(user, status)
+
+    @api.get("/jobs/{ref}")
+    def job(ref: JobRef, user: User, cp: Plane) -> JobView:
+        return cp.get_job(user, ref)
+
+    @api.patch("/jobs/{ref}")
+    def modify(ref: JobRef, body: ModifyBody, user: User, cp: Plane) -> JobView:
+        return cp.modify(user, ref, body.migrate_policy, body.vm_policy, body.idle_timeout_s)
+
+    @api.post("/jobs/{ref}/migrate", status_code=202)
+    def migrate(ref: JobRef, body: MigrateBody, user: User, cp: Plane) -> JobView:
+        return cp.migrate(user, ref, body.instance_type, body.cpu, body.mem)
+
+    @api.post("/jobs/{ref}/suspend", status_code=202)
+    def suspend(ref: JobRef, user: User, cp: Plane) -> JobView:
+        return cp.suspend(user, ref)
+
+    @api.post("/jobs/{ref}/resume", status_code=202)
+    def resume(ref: JobRef, user: User, cp: Plane) -> JobView:
+        return cp.resume(user, ref)
+
+    @api.post("/jobs/{ref}/cancel", status_code=202)
+    def cancel(ref: JobRef, user: User, cp: Plane) -> JobView:
+        return cp.cancel(user, ref)
+
+    @api.post("/jobs/{ref}/restart", status_code=202)
+    def restart(ref: JobRef, user: User, cp: Plane) -> JobView:
+        return cp.restart(user, ref)
+
+    @api.get("/jobs/{ref}/logs")
+    def logs(
+        ref: JobRef,
+        user: User,
+        cp: Plane,
+        stream: str = "stdout",
+        offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+    ) -> dict[str, Any]:
+        return cp.logs(user, ref, stream, offset)
+
+    @api.get("/jobs/{ref}/events")
+    def events(
+        ref: JobRef, user: User, cp: Plane, since: Annotated[int, Query(ge=0, le=2**53)] = 0
+    ) -> list[EventView]:
+        return cp.events(user, ref, since)
+
+    @api.get("/jobs/{ref}/metrics")
+    def metrics(
+        ref: JobRef,
+        user: User,
+        cp: Plane,
+        t_from: Annotated[float | None, Query(alias="from", ge=0, le=1e11)] = None,
+        t_to: Annotated[float | None, Query(alias="to", ge=0, le=1e11)] = None,
+        step: Annotated[float | None, Query(gt=0, le=1e7)] = None,
+    ) -> dict[str, Any]:
+        return cp.metrics(user, ref, t_from, t_to, step)
+
+    @api.post("/jobs/{ref}/template", status_code=201)
+    def save_template(ref: JobRef, body: TemplateBody, user: User, cp: Plane) -> TemplateView:
+        return cp.save_template(user, ref, body.name)
+
+    @api.get("/templates")
+    def templates(user: User, cp: Plane) -> list[TemplateView]:
+        return cp.list_templates(user)
+
+    @api.get("/templates/{name}")
+    def template(name: str, user: User, cp: Plane) -> TemplateView:
+        return cp.get_template(user, name)
+
+    @api.delete("/templates/{name}", status_code=204)
+    def rm_template(name: str, user: User, cp: Plane) -> Response:
+        cp.delete_template(user, name)
+        return Response(status_code=204)
+
+    app.include_router(api)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus(user: User, cp: Plane) -> str:
+        return cp.prometheus()
+
+    # ---- stable URL of every Jupyter job: /jobs/<job-id>/… (HTTP, WebSocket; outgrow/proxy)
+    proxy = StableUrlProxy(plane)
+    plane.move_hooks.append(proxy)
+    app.state.proxy = proxy
+    app.mount("/jobs", proxy)
+
+    # ---- web console: / (index.html), /static/..., /api/v1/session (outgrow/web) ----------
+    from outgrow import web
+
+    web.mount(app)
+
+    return app

@@ -1,0 +1,1 @@
+"""The control plane's logic: job lifecycle, scheduling, policies, reconciliation."""

@@ -1,0 +1,158 @@
+"""A real control plane (store + local provider + scheduler + API) served by uvicorn in
+a thread, for tests that drive it over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from conftest import leftovers, make_settings, unique_prefix
+from outgrow.api.app import create_app
+from outgrow.controlplane.service import ControlPlane
+from outgrow.providers.local.provider import LocalProvider
+from outgrow.store import Store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    plane: ControlPlane
+    provider: LocalProvider
+    prefix: str
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        return httpx.get(self.api + path, headers=self.headers(token), timeout=30, **kw)
+
+    def post(self, path: str, json: Any = None, token: str | None = None) -> httpx.Response:
+        return httpx.post(self.api + path, headers=self.headers(token), json=json, timeout=30)
+
+    def wait(self, job: str, statuses: set[str], timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        j: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            j = self.get(f"/jobs/{job}").json()
+            if j["status"] in statuses:
+                return j
+            time.sleep(0.2)
+        raise AssertionError(f"job {job} not {statuses} after {timeout} s: {j.get('status')} "
+                             f"({j.get('status_reason')})")
+
+
+@contextmanager
+def control_plane(tmp: Path) -> Iterator[Server]:
+    prefix = unique_prefix()
+    settings = make_settings(tmp, prefix)
+    store = Store.open(f"sqlite:///{tmp}/outgrow.db")
+    provider = LocalProvider(settings)
+    plane = ControlPlane(settings, store, provider)
+    boot = plane.bootstrap("admin-password-1")
+    assert boot is not None
+    plane.start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(plane), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/api/v1/health", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    try:
+        yield Server(url, boot[1], plane, provider, prefix)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        plane.stop()
+        provider.teardown()
+        store.close()
+        assert leftovers(prefix) == [], leftovers(prefix)
+
+
+@dataclass
+class ServerProcess:
+    """``outgrow up``'s server function in a child process, which a test may kill -9."""
+
+    tmp: Path
+    prefix: str
+    port: int
+    pool: str
+    proc: Any = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def env(self) -> dict[str, str]:
+        import os
+
+        return {**os.environ, "OUTGROW_DATA_DIR": str(self.tmp),
+                "OUTGROW_RESOURCE_PREFIX": self.prefix, "OUTGROW_ADDRESS_POOL": self.pool,
+                "OUTGROW_PORT": str(self.port), "OUTGROW_ADMIN_PASSWORD": "admin-password-1",
+                "XDG_CONFIG_HOME": str(self.tmp / "config")}
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from outgrow.api.server import serve\n"
+             "from outgrow.settings import Settings\nserve(Settings())"],
+            env=self.env(), stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.api + "/health", timeout=1)
+                return
+            except httpx.HTTPError:
+                assert self.proc.poll() is None, (self.tmp / "server.log").read_text()
+                time.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def kill9(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except Exception:
+                self.kill9()
+
+    def token(self) -> str:
+        r = httpx.post(self.api + "/login", json={"name": "admin",
+                                                  "password": "admin-password-1"}, timeout=10)
+        r.raise_for_status()
+        return str(r.json()["token"])
