@@ -585,7 +585,9 @@ def table(result: dict[str, Any]) -> Table:
         ("intact", "center"),
     ]
     for name, justify in cols:
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+        # downtime carries its min–max: never cut it
+        width = 19 if name == "downtime" else None
+        t.add_column(name, justify=justify, min_width=width)  # type: ignore[arg-type]
     for r in result["rows"]:
         t.add_row(
             f"{r['size_gib']:g}",

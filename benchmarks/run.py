@@ -139,7 +139,7 @@ def machine_facts(criu: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(width=max(Console().width, 230))
+    console = Console(width=max(Console().width, 250))
     started = dt.datetime.now(dt.UTC)
     out = args.out or HERE / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     report: dict[str, Any] = {

@@ -57,8 +57,10 @@ class Server:
             if j["status"] in statuses:
                 return j
             time.sleep(0.2)
-        raise AssertionError(f"job {job} not {statuses} after {timeout} s: {j.get('status')} "
-                             f"({j.get('status_reason')})")
+        raise AssertionError(
+            f"job {job} not {statuses} after {timeout} s: {j.get('status')} "
+            f"({j.get('status_reason')})"
+        )
 
 
 @contextmanager
@@ -67,13 +69,14 @@ def control_plane(tmp: Path) -> Iterator[Server]:
     settings = make_settings(tmp, prefix)
     store = Store.open(f"sqlite:///{tmp}/outgrow.db")
     provider = LocalProvider(settings)
-    plane = ControlPlane(settings, store, provider)
+    port = free_port()
+    plane = ControlPlane(settings, store, provider, public_url=f"http://127.0.0.1:{port}")
     boot = plane.bootstrap("admin-password-1")
     assert boot is not None
     plane.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(plane), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(plane), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -112,10 +115,15 @@ class ServerProcess:
     def env(self) -> dict[str, str]:
         import os
 
-        return {**os.environ, "OUTGROW_DATA_DIR": str(self.tmp),
-                "OUTGROW_RESOURCE_PREFIX": self.prefix, "OUTGROW_ADDRESS_POOL": self.pool,
-                "OUTGROW_PORT": str(self.port), "OUTGROW_ADMIN_PASSWORD": "admin-password-1",
-                "XDG_CONFIG_HOME": str(self.tmp / "config")}
+        return {
+            **os.environ,
+            "OUTGROW_DATA_DIR": str(self.tmp),
+            "OUTGROW_RESOURCE_PREFIX": self.prefix,
+            "OUTGROW_ADDRESS_POOL": self.pool,
+            "OUTGROW_PORT": str(self.port),
+            "OUTGROW_ADMIN_PASSWORD": "admin-password-1",
+            "XDG_CONFIG_HOME": str(self.tmp / "config"),
+        }
 
     def start(self) -> None:
         import subprocess
@@ -123,9 +131,17 @@ class ServerProcess:
 
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from outgrow.api.server import serve\n"
-             "from outgrow.settings import Settings\nserve(Settings())"],
-            env=self.env(), stdout=log, stderr=log, start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                "from outgrow.api.server import serve\n"
+                "from outgrow.settings import Settings\nserve(Settings())",
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -152,7 +168,8 @@ class ServerProcess:
                 self.kill9()
 
     def token(self) -> str:
-        r = httpx.post(self.api + "/login", json={"name": "admin",
-                                                  "password": "admin-password-1"}, timeout=10)
+        r = httpx.post(
+            self.api + "/login", json={"name": "admin", "password": "admin-password-1"}, timeout=10
+        )
         r.raise_for_status()
         return str(r.json()["token"])

@@ -275,6 +275,13 @@ class Client:
     def revoke_token(self, token_id: int) -> None:
         self._json("DELETE", f"/tokens/{int(token_id)}")
 
+    def reclaim_instance(self, instance_id: str, in_s: float = 30.0) -> dict[str, Any]:
+        """Admin: announce a spot reclaim of an instance (see ``outgrow instance reclaim``)."""
+        data: dict[str, Any] = self._json(
+            "POST", f"/instances/{instance_id}/reclaim", json={"in_s": in_s}
+        )
+        return data
+
     # ---- catalog and images -------------------------------------------------------------
     def instance_types(self) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = self._json("GET", "/instance-types")

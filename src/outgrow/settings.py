@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Control-plane listen address.")
     port: int = Field(8610, description="Control-plane listen port.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Control-plane log lines: human text or one JSON object per line."
+    )
+    log_level: str = Field("INFO", description="Control-plane log level (DEBUG, INFO, ...).")
+    metrics_retention_days: float = Field(
+        7.0, gt=0, description="How long WaveWatcher samples are kept in the store."
+    )
     admin_password: str | None = Field(
         None, description="Password of the 'admin' user created on first start (else generated)."
     )

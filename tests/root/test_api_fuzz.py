@@ -31,16 +31,19 @@ def test_no_server_errors(fuzz_server: Server) -> None:
         operations += 1
 
         @given(case=op.as_strategy())
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+        @settings(
+            max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def check(case: Any) -> None:
             # Keep the admin's own token alive so every case runs authenticated.
             if case.method == "DELETE" and "token_id" in (case.path_parameters or {}):
                 case.path_parameters = {"token_id": 10_000_000}
             response = case.call(headers=fuzz_server.headers())
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path}: "
-                                f"{response.status_code} {response.text[:200]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path}: "
+                    f"{response.status_code} {response.text[:200]}"
+                )
             elif response.status_code >= 400:
                 assert response.json().get("message"), response.text
 

@@ -150,10 +150,6 @@ class Plane:
         assert r.stdout == ""
         return lines[0].removeprefix("outgrow: error: ")
 
-    def jupyter(self, job_id: str) -> str:
-        """The job's stable URL on the control plane (the proxy takes the API token)."""
-        return f"{self.url}/jobs/{job_id}/"
-
     def wait_status(self, ref: str, status: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
@@ -266,9 +262,9 @@ def test_jupyter_job_grows_by_policy_and_keeps_its_state(plane: Plane) -> None:
     assert job["spec"]["migrate_policy"] == (
         "[mem.upperBoundRatio=60,mem.upperBoundDuration=2s,mem.step=100,cooldown=5s]"
     )
-    shown = plane.json("show", "nb")
-    assert shown["url"] and shown["url"].endswith(f"/jobs/{job['id']}/")
-    base = plane.jupyter(job["id"])
+    # The job's stable URL goes through the control plane's proxy, which takes the API token.
+    base = plane.json("show", "nb")["url"]
+    assert base == f"{plane.url}/jobs/{job['id']}/" == job["url"]
     kid = create_kernel(base, plane.token)
     ks = KernelSession(base, plane.token, kid)
     try:
@@ -316,6 +312,7 @@ def test_jupyter_job_grows_by_policy_and_keeps_its_state(plane: Plane) -> None:
     assert plane.json("show", "nb")["instance"] is None
     job = plane.json("resume", "nb", "--wait")
     assert job["status"] == "Executing" and job["instance"]["type"] == "lc.medium"
+    assert job["url"] == base  # stable across moves and suspends
     ks = KernelSession(base, plane.token, kid)
     try:
         assert ks.run("print(x)").text == "41\n"

@@ -13,12 +13,7 @@ from cp_server import Server, control_plane
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 COUNTER = (
-    "import time\n"
-    "i = 0\n"
-    "while True:\n"
-    "    i += 1\n"
-    "    print(i, flush=True)\n"
-    "    time.sleep(0.1)\n"
+    "import time\ni = 0\nwhile True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.1)\n"
 )
 
 
@@ -34,15 +29,19 @@ def counts(cp: Server, job: str) -> list[int]:
 
 def test_every_route_needs_auth(cp: Server) -> None:
     spec = httpx.get(cp.api + "/openapi.json", timeout=10).json()
-    open_routes = {("/api/v1/health", "get"), ("/api/v1/login", "post"),
-                   ("/api/v1/session", "post")}
+    open_routes = {
+        ("/api/v1/health", "get"),
+        ("/api/v1/login", "post"),
+        ("/api/v1/session", "post"),
+    }
     checked = 0
     for path, ops in spec["paths"].items():
         for method in ops:
             if path == "/api/v1/session":
                 continue  # SESSION-CHECK
             url = cp.url + path.replace("{ref}", "x").replace("{name}", "x").replace(
-                "{token_id}", "1")
+                "{token_id}", "1"
+            )
             for headers in ({}, {"Authorization": "Bearer og_not-a-real-token"}):
                 r = httpx.request(method.upper(), url, headers=headers, timeout=10)
                 if (path, method) in open_routes:
@@ -58,8 +57,15 @@ def test_every_route_needs_auth(cp: Server) -> None:
 
 def test_bad_input_is_a_precise_4xx(cp: Server) -> None:
     cases = [
-        ({"name": "a", "image": "python", "script": "x", "migrate_policy": "[mem.upperBoundRato=9]"},
-         "upperBoundRato"),
+        (
+            {
+                "name": "a",
+                "image": "python",
+                "script": "x",
+                "migrate_policy": "[mem.upperBoundRato=9]",
+            },
+            "upperBoundRato",
+        ),
         ({"name": "a", "image": "python", "script": "x", "mem": "8:2"}, "mem"),
         ({"name": "a", "image": "nope", "script": "x"}, "image"),
         ({"name": "a", "image": "python"}, "script"),
@@ -80,12 +86,16 @@ def test_bad_input_is_a_precise_4xx(cp: Server) -> None:
 
 
 def test_job_lifecycle_migrate_suspend_resume_cancel_restart(cp: Server) -> None:
-    r = cp.post("/jobs", {"name": "counter", "image": "python", "script": COUNTER,
-                          "cpu": "0.25", "mem": "0.25"})
+    r = cp.post(
+        "/jobs",
+        {"name": "counter", "image": "python", "script": COUNTER, "cpu": "0.25", "mem": "0.25"},
+    )
     assert r.status_code == 201, r.text
     job = r.json()["id"]
-    assert cp.post("/jobs", {"name": "counter", "image": "python", "script": COUNTER}
-                   ).status_code == 409  # duplicate name
+    assert (
+        cp.post("/jobs", {"name": "counter", "image": "python", "script": COUNTER}).status_code
+        == 409
+    )  # duplicate name
     j = cp.wait(job, {"Executing"})
     assert j["instance"]["type"] == "lc.nano" and j["run"] == 1
 
@@ -93,16 +103,20 @@ def test_job_lifecycle_migrate_suspend_resume_cancel_restart(cp: Server) -> None
     assert r.status_code == 202
     assert cp.post(f"/jobs/{job}/suspend").status_code in (202, 409)  # busy or not legal
     j = cp.wait(job, {"Executing"}, timeout=60)
-    deadline_events = [e for e in cp.get(f"/jobs/{job}").json()["events"]
-                       if e["type"] == "migration"]
+    deadline_events = [
+        e for e in cp.get(f"/jobs/{job}").json()["events"] if e["type"] == "migration"
+    ]
     j = cp.wait(job, {"Executing"})
     moves = [e for e in cp.get(f"/jobs/{job}").json()["events"] if e["type"] == "migration"]
     assert len(moves) >= 1 or deadline_events
     mv = moves[-1]
     assert (mv["from_type"], mv["to_type"]) == ("lc.nano", "lc.small")
     assert mv["downtime_s"] > 0 and mv["checkpoint_bytes"] > 0 and "manual" in mv["reason"]
-    states = [(e["from_state"], e["to_state"]) for e in cp.get(f"/jobs/{job}").json()["events"]
-              if e["type"] == "state"]
+    states = [
+        (e["from_state"], e["to_state"])
+        for e in cp.get(f"/jobs/{job}").json()["events"]
+        if e["type"] == "state"
+    ]
     assert ("Executing", "Floating") in states and ("Floating", "Executing") in states
 
     # Suspend releases the instance (cost stops); resume restores the same process.
@@ -139,34 +153,53 @@ def test_job_lifecycle_migrate_suspend_resume_cancel_restart(cp: Server) -> None
 def test_other_users_jobs_do_not_exist_for_them(cp: Server) -> None:
     r = cp.post("/users", {"name": "bob", "password": "bob-password-1"})
     assert r.status_code == 201, r.text
-    bob = httpx.post(cp.api + "/login", json={"name": "bob", "password": "bob-password-1"},
-                     timeout=10).json()["token"]
-    assert httpx.post(cp.api + "/login", json={"name": "bob", "password": "wrong"},
-                      timeout=10).status_code == 401
+    bob = httpx.post(
+        cp.api + "/login", json={"name": "bob", "password": "bob-password-1"}, timeout=10
+    ).json()["token"]
+    assert (
+        httpx.post(
+            cp.api + "/login", json={"name": "bob", "password": "wrong"}, timeout=10
+        ).status_code
+        == 401
+    )
     r = cp.post("/jobs", {"name": "mine", "image": "python", "script": "print(1)"})
     job = r.json()["id"]
-    for path in (f"/jobs/{job}", f"/jobs/{job}/logs", f"/jobs/{job}/metrics",
-                 f"/jobs/{job}/events"):
+    for path in (
+        f"/jobs/{job}",
+        f"/jobs/{job}/logs",
+        f"/jobs/{job}/metrics",
+        f"/jobs/{job}/events",
+    ):
         r = cp.get(path, token=bob)
         assert r.status_code == 404, (path, r.text)
     assert cp.post(f"/jobs/{job}/cancel", token=bob).status_code == 404
     assert cp.get("/jobs", token=bob).json() == []
-    assert cp.post("/users", {"name": "eve", "password": "eve-password-1"},
-                   token=bob).status_code == 401
+    assert (
+        cp.post("/users", {"name": "eve", "password": "eve-password-1"}, token=bob).status_code
+        == 401
+    )
     cp.wait(job, {"Completed"})
 
 
 def test_templates_images_and_instance_types(cp: Server, tmp_path: Path) -> None:
     types = cp.get("/instance-types").json()
     assert types[0]["name"] == "lc.nano" and {"price_per_hour", "spot_price_per_hour"} <= set(
-        types[0])
+        types[0]
+    )
     r = cp.post("/images", {"name": "py-six", "pip": "six==1.16.0", "base": "python"})
     assert r.status_code == 201, r.text
     assert "six==1.16.0" in r.json()["pip"]
     assert cp.post("/images", {"name": "py-six", "pip": "six"}).status_code == 409
     assert cp.post("/images", {"name": "bad", "pip": "-e ."}).status_code == 422
-    r = cp.post("/jobs", {"name": "six", "image": "py-six", "mem": "0.25",
-                          "script": "import six\nprint('six', six.__version__)\n"})
+    r = cp.post(
+        "/jobs",
+        {
+            "name": "six",
+            "image": "py-six",
+            "mem": "0.25",
+            "script": "import six\nprint('six', six.__version__)\n",
+        },
+    )
     job = r.json()["id"]
     j = cp.wait(job, {"Completed", "FailToComplete", "FailToExecute"}, timeout=300)
     assert j["status"] == "Completed", j["status_reason"]
@@ -178,6 +211,8 @@ def test_templates_images_and_instance_types(cp: Server, tmp_path: Path) -> None
     j2 = cp.wait(r.json()["id"], {"Completed"}, timeout=120)
     assert j2["spec"]["script"] == j["spec"]["script"] and j2["name"] == "six2"
     assert [t["name"] for t in cp.get("/templates").json()] == ["six-t"]
-    assert httpx.delete(cp.api + "/templates/six-t", headers=cp.headers(),
-                        timeout=10).status_code == 204
+    assert (
+        httpx.delete(cp.api + "/templates/six-t", headers=cp.headers(), timeout=10).status_code
+        == 204
+    )
     assert cp.get("/templates/six-t").status_code == 404

@@ -17,12 +17,7 @@ from outgrow.providers.local.provider import LocalProvider
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 COUNTER = (
-    "import time\n"
-    "i = 0\n"
-    "while True:\n"
-    "    i += 1\n"
-    "    print(i, flush=True)\n"
-    "    time.sleep(0.05)\n"
+    "import time\ni = 0\nwhile True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.05)\n"
 )
 
 
@@ -51,9 +46,18 @@ def test_kill9_during_executing_and_floating(tmp_path: Path) -> None:
             r = httpx.get(f"{srv.api}/jobs/{ref}/logs", headers=h, timeout=10)
             return [int(x) for x in r.json()["data"].split()]
 
-        r = httpx.post(f"{srv.api}/jobs", headers=h, timeout=30, json={
-            "name": "survivor", "image": "python", "script": COUNTER, "mem": "0.25",
-            "cpu": "0.25"})
+        r = httpx.post(
+            f"{srv.api}/jobs",
+            headers=h,
+            timeout=30,
+            json={
+                "name": "survivor",
+                "image": "python",
+                "script": COUNTER,
+                "mem": "0.25",
+                "cpu": "0.25",
+            },
+        )
         ref = r.json()["id"]
         first = wait(ref, {"Executing"})["instance"]["id"]
 

@@ -452,22 +452,25 @@ def test_idle() -> None:
 
 def test_prepare_at_the_prepare_level() -> None:
     c = ctx("c2m4")
-    d = PrepareRule().evaluate(c, window(c, 85, times=[30]))
+    d = PrepareRule().evaluate(c, window(c, 85, times=[15, 30]))
     assert d == Decision(
         "prepare", LADDER.get("c2m6"), "mem 85% ≥ 80% → prepare c2m6 (2 vCPU 6 GiB)", "prepare"
     )
-    assert PrepareRule().evaluate(c, window(c, 79, times=[30])) is None
+    # Held for half the upper duration (15 of 30 s), not a one-sample spike.
+    assert PrepareRule().evaluate(c, window(c, 85, times=[30])) is None
+    assert PrepareRule().evaluate(c, window(c, 85, times=[20, 30])) is None
+    assert PrepareRule().evaluate(c, window(c, 79, times=[15, 30])) is None
     c = ctx("c2m4", "[mem.prepareRatio=70]")
-    assert target(PrepareRule().evaluate(c, window(c, 75, times=[30]))) == "c2m6"
+    assert target(PrepareRule().evaluate(c, window(c, 75, times=[15, 30]))) == "c2m6"
     c = ctx("c2m4", "[cpu.upperBoundRatio=60]")  # cpu prepare level 50
-    d = PrepareRule().evaluate(c, window(c, 10, 55, times=[30]))
+    d = PrepareRule().evaluate(c, window(c, 10, 55, times=[15, 30]))
     assert d is not None and d.reason == "cpu 55% ≥ 50% → prepare c3m4 (3 vCPU 4 GiB)"
 
 
 def test_prepare_step_auto_sizes_for_usage_at_the_upper_bound() -> None:
     # 4 GiB × 90% = 3.6 GiB at 72% → 5 GiB
     c = ctx("c2m4", "[stepAuto=true]")
-    assert target(PrepareRule().evaluate(c, window(c, 82, times=[30]))) == "c2m5"
+    assert target(PrepareRule().evaluate(c, window(c, 82, times=[15, 30]))) == "c2m5"
 
 
 def test_prepare_nothing_when_no_larger_type() -> None:
@@ -577,8 +580,8 @@ def test_cooldown_does_not_hold_urgent_or_suspend() -> None:
 
 
 def test_cooldown_allows_prepare_below_the_upper_bound_only() -> None:
-    c = ctx("c2m4", now=100, last_migration_at=90.0)
-    assert evaluate(c, window(c, 85, times=[95, 100])).action == "prepare"
+    c = ctx("c2m4", now=100, last_migration_at=80.0)
+    assert evaluate(c, window(c, 85, times=[85, 100])).action == "prepare"
     c = ctx("c2m4", now=100, last_migration_at=40.0)
     assert evaluate(c, window(c, 95, times=range(60, 101, 10))).rule == "cooldown"
 

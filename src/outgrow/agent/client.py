@@ -71,6 +71,9 @@ class AgentClient:
     def logs(self, stream: str = "stdout", offset: int = 0) -> dict[str, Any]:
         return self._call("GET", "/v1/job/logs", params={"stream": stream, "offset": offset})
 
+    def reclaim_notice(self, in_s: float, source: str = "provider") -> dict[str, Any]:
+        return self._call("POST", "/v1/reclaim-notice", json={"in_s": in_s, "source": source})
+
     def metrics(self, since: float = 0.0) -> dict[str, Any]:
         return self._call("GET", "/v1/metrics", params={"since": since})
 

@@ -68,6 +68,11 @@ class ReceiveBody(BaseModel):
     page_server: bool = True
 
 
+class ReclaimBody(BaseModel):
+    in_s: float = Field(30.0, ge=0, le=3600)
+    source: str = Field("provider", max_length=40)
+
+
 class RestoreBody(BaseModel):
     receive_id: str | None = None
     source_dir: str | None = None
@@ -134,6 +139,10 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     @app.get("/v1/job/logs", dependencies=deps)
     def logs(stream: str = "stdout", offset: int = 0) -> dict[str, Any]:
         return agent.logs(stream, offset)
+
+    @app.post("/v1/reclaim-notice", dependencies=deps)
+    def reclaim(body: ReclaimBody) -> dict[str, Any]:
+        return agent.reclaim_notice(body.in_s, body.source)
 
     @app.get("/v1/metrics", dependencies=deps)
     def metrics(since: float = 0.0) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class Agent:
         self._image_progress_total = 0
         self._last_cpu: tuple[float, int] | None = None
         self._stop = threading.Event()
+        self._reclaim_at: float | None = None
         self._lock_table = f"og-move-{cfg.instance_id}"
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
         self._adopt()
@@ -163,6 +164,21 @@ class Agent:
 
     def close(self) -> None:
         self._stop.set()
+
+    def reclaim_notice(self, in_s: float, source: str = "provider") -> dict[str, Any]:
+        """The provider announced this instance will be taken away in ``in_s`` seconds
+        (a spot reclaim). Recorded and reported in the job status so the control plane
+        moves the job before the deadline."""
+        at = time.time() + max(in_s, 0.0)
+        if self._reclaim_at is None or at < self._reclaim_at:
+            self._reclaim_at = at
+            log.warning(
+                "reclaim notice (%s): instance %s goes away in %.0f s",
+                source,
+                self.cfg.instance_id,
+                in_s,
+            )
+        return {"reclaim_at": self._reclaim_at}
 
     def health(self) -> dict[str, Any]:
         return {
@@ -280,6 +296,7 @@ class Agent:
                 "pid": job.process.init_pid if job.process else None,
                 "started_at": job.process.started_at if job.process else None,
                 "oom_stalled": job.oom_stalled_at is not None,
+                "reclaim_at": self._reclaim_at,
                 "restored": job.restored,
                 "image_progress": list(self._image_progress)[-10:],
                 "image_progress_total": self._image_progress_total,

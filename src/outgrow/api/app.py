@@ -18,6 +18,7 @@ from outgrow.api.schemas import (
     LoginBody,
     MigrateBody,
     ModifyBody,
+    ReclaimBody,
     TemplateBody,
     TemplateSubmit,
     TokenBody,
@@ -34,7 +35,7 @@ from outgrow.domain.jobs import (
     spec_from_mapping,
 )
 from outgrow.errors import OutgrowError
-from outgrow.proxy import StableUrlProxy
+from outgrow.proxy import ProxyRoute, StableUrlProxy
 
 JobRef = Annotated[str, "job id or name"]
 
@@ -85,6 +86,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
     def revoke(token_id: int, user: User, cp: Plane) -> Response:
         cp.revoke_token(user, token_id)
         return Response(status_code=204)
+
+    @api.post("/instances/{instance_id}/reclaim", status_code=202)
+    def reclaim(instance_id: str, body: ReclaimBody, user: User, cp: Plane) -> dict[str, Any]:
+        return cp.reclaim_instance(user, instance_id, body.in_s)
 
     @api.get("/instance-types")
     def instance_types(user: User, cp: Plane) -> list[dict[str, Any]]:
@@ -202,7 +207,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     proxy = StableUrlProxy(plane)
     plane.move_hooks.append(proxy)
     app.state.proxy = proxy
-    app.mount("/jobs", proxy)
+    app.add_middleware(ProxyRoute, proxy=proxy)  # before route matching: it is the hot path
 
     # ---- web console: / (index.html), /static/..., /api/v1/session (outgrow/web) ----------
     from outgrow import web

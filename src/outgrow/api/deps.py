@@ -74,7 +74,8 @@ def check_csrf(request: Request) -> None:
     """403 unless a state-changing request carries ``X-Outgrow-CSRF: 1``."""
     if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
         raise StarletteHTTPException(
-            status_code=403, detail=f"cookie-authenticated requests need the header {CSRF_HEADER}: 1"
+            status_code=403,
+            detail=f"cookie-authenticated requests need the header {CSRF_HEADER}: 1",
         )
 
 

@@ -52,3 +52,7 @@ class ModifyBody(Strict):
 
 class TemplateBody(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ReclaimBody(Strict):
+    in_s: float = Field(30.0, ge=0, le=3600)

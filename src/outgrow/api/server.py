@@ -15,11 +15,13 @@ log = logging.getLogger("outgrow.server")
 def serve(settings: Settings, *, write_credentials: bool = True) -> None:
     import uvicorn
 
+    from outgrow import logs
     from outgrow.api.app import create_app
     from outgrow.controlplane.service import ControlPlane
     from outgrow.providers.base import get_provider
     from outgrow.store import Store
 
+    logs.setup(settings.log_format, settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or f"sqlite:///{settings.data_dir / 'outgrow.db'}"
     store = Store.open(url)

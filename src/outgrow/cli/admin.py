@@ -167,6 +167,37 @@ def token_revoke(token_id: int, as_json: bool) -> None:
         click.echo(f"revoked token {token_id}")
 
 
+@cli.group("instance")
+def instance() -> None:
+    """Instances (admin)."""
+
+
+@instance.command("reclaim")
+@click.argument("instance_id", metavar="ID")
+@click.option(
+    "--in",
+    "in_",
+    default="30s",
+    show_default=True,
+    help="Time until the instance is taken away (e.g. 30s, 2m).",
+)
+@json_option
+def instance_reclaim(instance_id: str, in_: str, as_json: bool) -> None:
+    """Send a spot-reclaim notice to an instance, as a cloud would: its job is moved to
+    another instance before the deadline, then the instance is taken away."""
+    from outgrow.domain.policy_parse import parse_duration
+
+    seconds = parse_duration(in_, "in")
+    with connect() as c:
+        out = c.reclaim_instance(instance_id, seconds)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(
+            f"instance {instance_id} will be reclaimed in {seconds:g} s; its job is being moved"
+        )
+
+
 # ---- images (the control plane's library) -----------------------------------------------------
 
 

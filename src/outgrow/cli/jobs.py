@@ -145,16 +145,24 @@ def submit(
         else:
             job = c.submit(build_spec(data))
         if not as_json:
-            say(f"submitted job {job.name} ({job.id}) from {template or 'flags'}: {job.status}")
+            source = f"template {template}" if template else str(job_file or "flags")
+            say(f"submitted job {job.name} ({job.id}) from {source}: {job.status}")
         if wait:
-            job = wait_for(c, job, {RUNNING, "Completed"}, after_event=0, timeout=wait_timeout)
+            job = wait_for(
+                c,
+                job,
+                {RUNNING, "Completed"},
+                after_event=0,
+                timeout=wait_timeout,
+                fail_on=TERMINAL | {"NoAvailableHost"},
+            )
     if as_json:
         emit_json(job.model_dump(mode="json") if wait else {"id": job.id})
         return
     if wait:
         click.echo(f"job {job.name} ({job.id}) is {where(job)}")
         if job.url:
-            click.echo(f"  open: {job.url}")
+            click.echo(f"  open: {job.url}  (in a browser, once: {job.url}?token=<API token>)")
     else:
         click.echo(job.id)
 

@@ -47,7 +47,7 @@ def wait_for(
 ) -> JobView:
     """``Client.wait`` with a rich spinner on stderr; every status change is printed."""
     want = sorted(set(statuses))
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     label = f"job {escape(job.name)}: waiting for {' or '.join(want)}"
     with console.status(f"{label} (now {job.status})") as spinner:
 

@@ -123,7 +123,7 @@ def jobs_table(jobs: list[JobView], now: datetime | None = None) -> Table:
 def event_change(ev: EventView) -> str:
     """What an event changed, in a few words."""
     if ev.type == "state" and ev.to_state:
-        return f"{ev.from_state or '?'} → {ev.to_state}"
+        return f"{ev.from_state} → {ev.to_state}" if ev.from_state else ev.to_state
     if ev.from_type and ev.to_type:
         out = f"{ev.from_type} → {ev.to_type}"
         if ev.downtime_s is not None:

@@ -116,7 +116,11 @@ def agent_body(cp: ControlPlane, job: JobRecord, image: ImageSpec) -> dict[str, 
 
 
 def create_instance(
-    cp: ControlPlane, job: JobRecord, itype: InstanceType, tags: dict[str, str] | None = None
+    cp: ControlPlane,
+    job: JobRecord,
+    itype: InstanceType,
+    tags: dict[str, str] | None = None,
+    spot: bool | None = None,
 ) -> InstanceInfo:
     """Create an instance per the job's vmPolicy: spot first (if asked), then on-demand,
     retrying capacity errors retryLimit times, retryInterval apart. The instance gets the
@@ -126,6 +130,8 @@ def create_instance(
 
     vm = job.spec.vm()
     modes = [True, False] if vm.mode == "spotFirst" else [vm.mode == "spotOnly"]
+    if spot is not None:  # e.g. leaving a reclaimed spot instance for on-demand capacity
+        modes = [spot]
     tags = {"outgrow:job": job.id, **(tags or {})}
     extra: dict[str, Any] = {}
     if Capability.SECURITY_GROUPS in cp.provider.capabilities:
@@ -141,9 +147,9 @@ def create_instance(
         extra["security_group"] = sg
     last: OutgrowError | None = None
     for attempt in range(vm.retry_limit + 1):
-        for spot in modes:
+        for use_spot in modes:
             try:
-                return cp.provider.create_instance(itype.name, spot=spot, tags=tags, **extra)
+                return cp.provider.create_instance(itype.name, spot=use_spot, tags=tags, **extra)
             except CapacityError as exc:
                 last = exc
         if attempt < vm.retry_limit:
@@ -199,7 +205,12 @@ def start(cp: ControlPlane, job_id: str) -> None:
 
 
 def migrate(
-    cp: ControlPlane, job_id: str, target: InstanceType, reason: str, event_type: str = "migration"
+    cp: ControlPlane,
+    job_id: str,
+    target: InstanceType,
+    reason: str,
+    event_type: str = "migration",
+    reclaim: bool = False,
 ) -> None:
     job = cp.job(job_id)
     if job.status != S.EXECUTING or job.current_instance_id is None:
@@ -214,7 +225,11 @@ def migrate(
     warm = cp.take_warm(job_id, target.name)
     try:
         if warm is None:
-            target_inst = create_instance(cp, job, target, {"outgrow:migrating-from": source.id})
+            # Leaving a reclaimed spot instance: on-demand unless the job is spotOnly.
+            spot = (job.spec.vm().mode == "spotOnly") if reclaim else None
+            target_inst = create_instance(
+                cp, job, target, {"outgrow:migrating-from": source.id}, spot=spot
+            )
         else:
             target_inst = warm
         record_instance(cp, job_id, target_inst, status="starting")
@@ -227,7 +242,7 @@ def migrate(
         cp.store.set_status(job_id, S.EXECUTING, "migration failed; still on the source")
         cp.after_move(job_id)
         return
-    end_instance(cp, source.id, "migrated-from")
+    end_instance(cp, source.id, "reclaimed" if reclaim else "migrated-from")
     cp.store.update_instance(target_inst.id, status="normal")
     cp.store.update_job(job_id, current_instance_id=target_inst.id, last_migration_at=time.time())
     cp.store.add_event(
@@ -263,6 +278,7 @@ def suspend(cp: ControlPlane, job_id: str, reason: str) -> None:
     if inst is None:
         return
     cp.store.set_status(job_id, S.SUSPENDING, reason)
+    cp.drop_warm(job_id)  # a suspended job holds no instance, warm or not
     cp.before_checkpoint(job_id)
     dest = checkpoint_dir(cp, job_id)
     try:
@@ -348,6 +364,7 @@ def cancel(cp: ControlPlane, job_id: str, reason: str) -> None:
 def finish(cp: ControlPlane, job_id: str, phase: str, exit_code: int | None, msg: str) -> None:
     """The job's process ended on its own: record how and release the instance."""
     job = cp.job(job_id)
+    cp.drop_warm(job_id)
     if job.current_instance_id:
         end_instance(cp, job.current_instance_id, "released")
     cp.store.update_job(job_id, current_instance_id=None, exit_code=exit_code)

@@ -30,7 +30,6 @@ log = logging.getLogger("outgrow.scheduler")
 TICK = 0.25
 WINDOW = 3600  # samples kept per job for the rules (1 h at 1 s)
 IDLE_CHECK_EVERY = 15.0
-RETENTION_S = 7 * 24 * 3600.0
 
 
 class Scheduler(threading.Thread):
@@ -44,6 +43,7 @@ class Scheduler(threading.Thread):
         self._last_prune = 0.0
         self._retry_at: dict[str, float] = {}
         self._preparing: set[str] = set()
+        self.retention_s = cp.settings.metrics_retention_days * 86400
 
     def last_sample(self, job_id: str) -> Sample | None:
         w = self._windows.get(job_id)
@@ -74,9 +74,23 @@ class Scheduler(threading.Thread):
                     self.watch(rec)
                 except OutgrowError as exc:
                     log.warning("watching job %s: %s", rec.id, exc)
+        for gone in self.cp.provider.enforce_reclaims():
+            self._lost(gone)
         if time.time() - self._last_prune > 600:
             self._last_prune = time.time()
-            store.prune_metrics(time.time() - RETENTION_S)
+            store.prune_metrics(time.time() - self.retention_s)
+
+    def _lost(self, instance_id: str) -> None:
+        """An instance was taken away (reclaim deadline passed) with a job still on it."""
+        for rec in self.cp.store.list_jobs(None, [S.EXECUTING]):
+            if rec.current_instance_id == instance_id and not self.cp.busy(rec.id):
+                self.cp.store.update_instance(
+                    instance_id, status="reclaimed", ended_at=actions.now()
+                )
+                self.cp.store.update_job(rec.id, current_instance_id=None)
+                self.cp.store.set_status(
+                    rec.id, S.FAIL_TO_COMPLETE, "instance reclaimed before the job could move"
+                )
 
     def watch(self, rec: JobRecord) -> None:
         inst = self.cp.provider.describe_instance(rec.current_instance_id or "")
@@ -94,7 +108,7 @@ class Scheduler(threading.Thread):
                 self._last_metrics_poll[rec.id] = now
                 m = a.metrics(since=self._last_t.get(rec.id, 0.0))
                 self._ingest(rec, inst.id, m["samples"], m.get("now"), bool(st.get("oom_stalled")))
-        self._decide(rec, inst)
+        self._decide(rec, inst, reclaim=st.get("reclaim_at") is not None)
 
     def _ingest(
         self,
@@ -129,10 +143,22 @@ class Scheduler(threading.Thread):
             # The agent noticed the stall between its 1 s samples: decide on it now.
             window.append(_sample({**now_sample, "oom_stalled": True}))
 
-    def _decide(self, rec: JobRecord, inst: Any) -> None:
+    def _decide(self, rec: JobRecord, inst: Any, reclaim: bool = False) -> None:
         window = self._windows.get(rec.id)
         if not window:
-            return
+            if not reclaim:
+                return
+            window = deque(
+                [
+                    Sample(
+                        t=time.time(),
+                        mem_used_bytes=0,
+                        mem_limit_bytes=inst.type.memory_bytes,
+                        cpu_used_vcpus=0.0,
+                        cpu_quota_vcpus=inst.type.vcpus,
+                    )
+                ]
+            )
         policy = rec.spec.migrate()
         idle_since = self._idle_since(rec, inst)
         ctx = Context(
@@ -144,6 +170,7 @@ class Scheduler(threading.Thread):
             now=time.time(),
             last_migration_at=rec.last_migration_at,
             spot=inst.spot,
+            reclaim_notice=reclaim,
             idle_since=idle_since,
             idle_timeout=rec.spec.idle_timeout_s or None,
             spot_only=rec.spec.vm().mode == "spotOnly",
@@ -151,7 +178,9 @@ class Scheduler(threading.Thread):
         d = evaluate(ctx, list(window))
         if d.action in ("grow", "shrink", "migrate") and d.target is not None:
             self._windows.pop(rec.id, None)  # a new instance starts a new window
-            self.cp.run_action(rec.id, actions.migrate, d.target, d.reason)
+            self.cp.run_action(
+                rec.id, actions.migrate, d.target, d.reason, "migration", d.rule == "reclaim"
+            )
         elif d.action == "suspend":
             self.cp.run_action(rec.id, actions.suspend, d.reason)
         elif d.action == "prepare" and d.target is not None:

@@ -37,8 +37,8 @@ from outgrow.domain.policy import (
     parse_vm_policy,
 )
 from outgrow.domain.security import SecurityGroup, default_ports
+from outgrow.domain.states import ACTIONS, check_action, check_restart, is_terminal
 from outgrow.domain.states import JobState as S
-from outgrow.domain.states import ACTIONS, check_action, check_restart
 from outgrow.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import Migrator, agent
 from outgrow.providers.base import Capability, InstanceInfo, Provider
@@ -258,9 +258,10 @@ class ControlPlane:
             except ValidationError:
                 pass
         url = None
-        if kind in ("jupyter-lab", "jupyter-server") and current and current.address:
-            # Direct instance URL until the stable-URL proxy lands; changes on a move.
-            url = f"http://{current.address}:8888/jobs/{rec.id}/"
+        if kind in ("jupyter-lab", "jupyter-server") and not is_terminal(rec.status):
+            # The stable URL (outgrow.proxy, mounted at /jobs): the same across moves, and
+            # opening it resumes a suspended job.
+            url = f"{self.public_url}/jobs/{rec.id}/"
         return JobView(
             id=rec.id,
             name=rec.name,
@@ -566,6 +567,25 @@ class ControlPlane:
         if not actor.is_admin and img.owner != actor.name:
             raise NotFoundError(f"no image {name!r}", field="name")
         self.store.delete_image(name)
+
+    def reclaim_instance(self, actor: UserView, instance_id: str, in_s: float) -> dict[str, Any]:
+        """Admin only: announce a spot reclaim of an instance (the local provider then takes
+        it away at the deadline, as a cloud would). The job on it is moved before that."""
+        if not actor.is_admin:
+            raise AuthError("only admins can reclaim instances")
+        if not 0 <= in_s <= 3600:
+            raise ValidationError("in_s must be between 0 and 3600 seconds", field="in_s")
+        if self.provider.describe_instance(instance_id) is None:
+            raise NotFoundError(f"no instance {instance_id!r}", field="instance")
+        deadline = self.provider.reclaim(instance_id, in_s)
+        for rec in self.store.list_jobs(None):
+            if rec.current_instance_id == instance_id:
+                self.store.add_event(
+                    rec.id,
+                    "info",
+                    f"spot reclaim notice for instance {instance_id}: taken away in {in_s:g} s",
+                )
+        return {"instance_id": instance_id, "reclaim_at": deadline}
 
     def instance_types(self) -> list[dict[str, Any]]:
         return [

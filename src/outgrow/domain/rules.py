@@ -394,9 +394,15 @@ class IdleRule:
         )
 
 
+def _at_least(res: Resource, level: float) -> Callable[[Sample], bool]:
+    return lambda x: x.ratio(res) >= level - _RATIO_EPS
+
+
 class PrepareRule:
-    """Usage ≥ the prepare level (latest sample) → announce the grow target the upper rule
-    would pick, so it can be pre-created. Not urgent; nothing when no larger type fits."""
+    """Usage ≥ the prepare level for half the upper bound's duration → announce the grow
+    target the upper rule would pick, so it is warm by the time that rule fires. (A single
+    sample was not enough: every Jupyter server briefly uses a full CPU when it starts.)
+    Not urgent; nothing when no larger type fits."""
 
     name = "prepare"
 
@@ -409,7 +415,8 @@ class PrepareRule:
         for res in RESOURCES:
             pol = ctx.policy.resource(res)
             level = pol.prepare_level
-            if latest.ratio(res) >= level - _RATIO_EPS:
+            run = trailing_run(samples, _at_least(res, level))
+            if run and held_for(run, pol.upper_bound_duration / 2):
                 # size it as the upper rule will: usage at (at least) the upper bound
                 at_upper = latest.limit(res) * pol.upper_bound_ratio / 100
                 size, basis = grow_size(ctx, res, max(latest.used(res), at_upper))

@@ -16,7 +16,7 @@ from typing import ClassVar
 from outgrow.agent.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import SecurityGroup
-from outgrow.errors import ConfigError
+from outgrow.errors import ConfigError, ProviderError
 from outgrow.settings import Settings
 
 
@@ -76,6 +76,20 @@ class Provider(ABC):
         Default: nothing (the agent builds it on its instance)."""
         return None
 
+    def reclaim(self, instance_id: str, in_s: float) -> float:
+        """Announce that a (spot) instance will be taken away in ``in_s`` seconds; returns
+        the deadline. Providers whose cloud sends the notice itself need not offer it."""
+        raise ProviderError(f"provider {self.name} cannot reclaim instances on demand")
+
+    def enforce_reclaims(self) -> list[str]:
+        """Take away instances whose reclaim deadline passed (simulating providers only)."""
+        return []
+
+    def delete_security_group(self, job_id: str) -> None:
+        """Remove the job's security group once the job has ended (providers whose
+        groups outlive instances, e.g. aws). Default: nothing to remove."""
+        return None
+
     def cleanup(self, keep: Collection[str] = ()) -> list[str]:
         """Remove leftovers of instances not in ``keep``; return what was removed."""
         removed = []
@@ -110,3 +124,11 @@ def _load_builtin() -> None:
     from outgrow.providers.local.provider import LocalProvider
 
     register("local", LocalProvider.from_settings)
+    register("aws", _aws)
+
+
+def _aws(settings: Settings) -> Provider:
+    # Imported on use: the aws provider needs the optional extra outgrow[aws] (boto3).
+    from outgrow.providers.aws.provider import AwsProvider
+
+    return AwsProvider.from_settings(settings)

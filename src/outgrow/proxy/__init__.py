@@ -3,8 +3,9 @@ Jupyter server wherever the job runs now, and keeps browser WebSockets open acro
 
 Each Jupyter job runs jupyter_server with ``base_url=/jobs/<job-id>/`` and a random token
 of its own on port 8888 of its instance address; a move changes that address. The proxy
-(``StableUrlProxy``, an ASGI app mounted at ``/jobs`` by ``api.app.create_app`` and
-registered in ``ControlPlane.move_hooks``) makes the address irrelevant:
+(``StableUrlProxy``, an ASGI app that ``api.app.create_app`` puts in front of the API
+for ``/jobs/…`` with the ``ProxyRoute`` middleware, and registers in
+``ControlPlane.move_hooks``) makes the address irrelevant:
 
 Auth (``request.py``)
     The client proves who it is with an outgrow API token (``Authorization: token|Bearer``,
@@ -46,6 +47,6 @@ several clients on one kernel only one gets the messages sent during the move; a
 already streaming when a checkpoint begins is cut; a held upload is refused, not replayed.
 """
 
-from outgrow.proxy.core import StableUrlProxy
+from outgrow.proxy.core import ProxyRoute, StableUrlProxy
 
-__all__ = ["StableUrlProxy"]
+__all__ = ["ProxyRoute", "StableUrlProxy"]

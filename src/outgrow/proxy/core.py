@@ -12,7 +12,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import anyio.to_thread
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.exceptions import InvalidStatus
 
 from outgrow.controlplane.service import ControlPlane
@@ -255,11 +255,12 @@ class StableUrlProxy:
 
     def client_activity(self, entry: JobEntry, actor: UserView) -> None:
         """A held websocket got a message: a suspended job is resumed for it."""
-        if entry.holding:
-            return
-        t = entry.targets.get(actor.id)
-        if t is not None and t.status == S.SUSPENDED:
-            spawn(self.resume(actor, entry))
+        if not entry.holding:
+            spawn(self._wake(entry, actor))
+
+    async def _wake(self, entry: JobEntry, actor: UserView) -> None:
+        if (await self.target(actor, entry)).status == S.SUSPENDED and not entry.holding:
+            await self.resume(actor, entry)
 
     # ---- move hooks (called from the control plane's worker threads) ---------------
     def before_checkpoint(self, job_id: str) -> None:
@@ -335,6 +336,22 @@ class StableUrlProxy:
                         await self._settle(entry)
 
         entry.watcher = asyncio.get_running_loop().create_task(watch())
+
+
+class ProxyRoute:
+    """ASGI middleware sending ``/jobs/…`` straight to the proxy, before the API's
+    middleware and route matching (which cost ~0.25 ms of CPU per request):
+    ``app.add_middleware(ProxyRoute, proxy=proxy)``."""
+
+    def __init__(self, app: ASGIApp, proxy: StableUrlProxy):
+        self.app = app
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/jobs/"):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _not_running(job_id: str, status: str) -> ProxyError:

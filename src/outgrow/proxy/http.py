@@ -50,6 +50,7 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"x-forwarded-host",
 }
 RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
+STREAMED = 1 << 20  # answers longer than this (or of unknown length) watch for the client
 
 
 class Masker:
@@ -182,9 +183,12 @@ async def forward(
         _body(receive) if upload else None,
         length,
     )
-    me = asyncio.current_task()
-    assert me is not None
-    watch = asyncio.create_task(_watch_disconnect(receive, me, ex))
+    watch = None
+    if resp.framing in ("chunked", "eof") or resp.length > STREAMED:
+        # A long answer: stop streaming it if the client leaves (small ones just finish).
+        me = asyncio.current_task()
+        assert me is not None
+        watch = asyncio.create_task(_watch_disconnect(receive, me, ex))
     try:
         masker = Masker(target.token)
         headers = client_headers(resp.headers, target, masker) + extra
@@ -197,7 +201,8 @@ async def forward(
         ex.finished = True
         await send({"type": "http.response.body", "body": masker.flush(), "more_body": False})
     finally:
-        watch.cancel()
+        if watch is not None:
+            watch.cancel()
         resp.release()
 
 

@@ -26,7 +26,14 @@ from outgrow.agent.client import AgentClient
 from outgrow.agent.images import ImageCache, ImageSpec
 from outgrow.domain.instance_types import GIB, Catalog, parse_catalog
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
-from outgrow.errors import AgentError, CapacityError, ConfigError, OutgrowError, ProviderError
+from outgrow.errors import (
+    AgentError,
+    CapacityError,
+    ConfigError,
+    NotFoundError,
+    OutgrowError,
+    ProviderError,
+)
 from outgrow.providers.base import Capability, InstanceInfo, Provider
 from outgrow.providers.local import firewall
 from outgrow.providers.local.network import HostNetwork, new_instance_id, run_in_netns_argv
@@ -312,6 +319,33 @@ class LocalProvider(Provider):
         if not self._agent_alive(iid):
             self._start_agent(iid, str(rec["netns"]), str(rec["address"]))
         self._wait_agent(self._info(iid, rec, "running"))
+
+    def reclaim(self, instance_id: str, in_s: float) -> float:
+        """Simulate a spot reclaim the way a cloud does it: notice to the instance's agent
+        now, the instance taken away at the deadline (``enforce_reclaims``)."""
+        rec = self._record(instance_id)
+        if rec is None:
+            raise NotFoundError(f"no instance {instance_id}", field="instance")
+        at = time.time() + in_s
+        rec["reclaim_at"] = min(float(rec.get("reclaim_at") or at), at)  # type: ignore[arg-type]
+        (self._dir(instance_id) / "instance.json").write_text(json.dumps(rec))
+        info = self._info(instance_id, rec, "running")
+        with AgentClient(info.agent_url, info.agent_token) as c:
+            c.reclaim_notice(in_s, source="local reclaim")
+        return float(rec["reclaim_at"])  # type: ignore[arg-type]
+
+    def enforce_reclaims(self) -> list[str]:
+        """Delete every instance whose reclaim deadline has passed; return their ids."""
+        gone = []
+        now = time.time()
+        for inst in self.list_instances():
+            rec = self._record(inst.id) or {}
+            at = rec.get("reclaim_at")
+            if at is not None and float(at) <= now:  # type: ignore[arg-type]
+                log.warning("reclaiming instance %s (deadline passed)", inst.id)
+                self.delete_instance(inst.id)
+                gone.append(inst.id)
+        return gone
 
     def delete_instance(self, instance_id: str) -> None:
         iid = instance_id

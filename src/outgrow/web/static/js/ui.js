@@ -130,12 +130,12 @@ export function dialog({ title, body, actions, onSubmit, wide = false, initial =
 }
 
 /** Confirm an action: resolves true/false. danger: red confirm button. */
-export async function confirm({ title, message, confirmLabel = "Confirm", danger = false, ic = null, details = null, onConfirm = null }) {
+export async function confirm({ title, message, confirmLabel = "Confirm", cancelLabel = "Cancel", danger = false, ic = null, details = null, onConfirm = null }) {
   const r = await dialog({
     title,
     body: [h("p", { class: "dialog-message" }, message), details],
     actions: [
-      { label: "Cancel", value: "cancel" },
+      { label: cancelLabel, value: "cancel" },
       { label: confirmLabel, value: "ok", kind: danger ? "danger" : "primary", ic, primary: true },
     ],
     onSubmit: onConfirm ? async () => (await onConfirm()) ?? "ok" : null,
@@ -289,7 +289,18 @@ export function showFieldError(root, err, fallback) {
   if (target) {
     target.classList.add("has-error");
     const slot = target.querySelector(":scope > .field-error, :scope .field-error");
-    if (slot) slot.textContent = err.message;
+    // "allow_cidr: allow_cidr '…' is not…" → the part after the field name (it is shown
+    // next to the field already)
+    if (slot) slot.textContent = err.message.replace(/^[A-Za-z_][\w.]*: (?=\S)/, "");
+    const clearOne = () => {
+      target.classList.remove("has-error");
+      if (slot) slot.textContent = "";
+      target.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+      target.removeEventListener("input", clearOne);
+      target.removeEventListener("change", clearOne);
+    };
+    target.addEventListener("input", clearOne);
+    target.addEventListener("change", clearOne);
     const section = target.closest("details");
     if (section) section.open = true;
     const ctl = target.querySelector("input, select, textarea");

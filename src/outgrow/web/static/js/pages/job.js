@@ -66,7 +66,8 @@ export async function render(root, ctx) {
 
   // ---- header --------------------------------------------------------------------------
   const badgeSlot = h("span", { class: "badge-slot" });
-  const reason = h("div", { class: "status-reason" });
+  const reason = h("span", { class: "status-reason" });
+  const statusLine = h("div", { class: "status-line", "aria-live": "polite" }, h("span", { class: "dot", "aria-hidden": "true" }), reason);
   const openBtn = linkButton("Open", openHref(job, kind), { kind: "primary", ic: "open", external: true, attrs: { "data-action": "open" } });
   const btn = (label, ic, action, onclick, kind2 = "secondary") => button(label, { ic, kind: kind2, onclick, attrs: { "data-action": action } });
   const migrateBtn = btn("Migrate", "migrate", "migrate", () => migrateDialog());
@@ -103,7 +104,7 @@ export async function render(root, ctx) {
   const head = pageHeader({
     title: job.name,
     titleExtra: badgeSlot,
-    subtitle: h("div", { class: "job-sub" }, imageLine, reason),
+    subtitle: h("div", { class: "job-sub" }, imageLine),
     back: { href: "#/jobs", label: "Jobs" },
     actions: [actionsBar],
   });
@@ -113,7 +114,7 @@ export async function render(root, ctx) {
   const urlBox = h("div", { class: "url-box" });
   const tabsSlot = h("div", { class: "tabs-slot" });
   const panel = h("div", { class: "tab-panel", id: "jobtab-panel", role: "tabpanel", tabindex: "0" });
-  replace(root, h("div", { class: "page job-page" }, head, summary, urlBox, tabsSlot, panel));
+  replace(root, h("div", { class: "page job-page" }, head, statusLine, summary, urlBox, tabsSlot, panel));
 
   function setDisabled(b, action, why) {
     const ok = job.actions.includes(action);
@@ -126,7 +127,7 @@ export async function render(root, ctx) {
     const info = stateInfo(job.status);
     const why = `${job.status_reason || info.text}${job.exit_code !== null && job.exit_code !== undefined ? ` (exit ${job.exit_code})` : ""}`;
     reason.textContent = why;
-    reason.title = why;
+    statusLine.className = `status-line tone-${info.tone}`;
     setDisabled(migrateBtn, "migrate", "Move the running job to another instance type now");
     setDisabled(modifyBtn, "modify", "Change the auto-migration and capacity policies");
     setDisabled(suspendBtn, "suspend", "Checkpoint the job and release its instance");
@@ -164,16 +165,17 @@ export async function render(root, ctx) {
     );
     if (isJupyter) {
       const url = kind === "jupyter-lab" ? stableUrl(job, "lab") : stableUrl(job);
+      const live = job.actions.includes("open");
       swap(
         urlBox,
         h(
           "div",
-          { class: "url-card" },
+          { class: ["url-card", !live && "off"] },
           icon("open", { size: 16 }),
           h("span", { class: "url-label" }, "Stable URL"),
           h("a", { class: "mono url", href: url, target: "_blank", rel: "noopener" }, url),
           copyButton(url, { attrs: { "data-key": "copy-url" } }),
-          h("span", { class: "muted url-note" }, "stays the same when the job moves"),
+          h("span", { class: "muted url-note" }, live ? "stays the same when the job moves" : `reachable while the job is Executing (now ${job.status})`),
         ),
       );
     }
@@ -517,6 +519,7 @@ export async function render(root, ctx) {
       title: `${t.title} ${job.name}?`,
       message: t.message,
       confirmLabel: t.label,
+      cancelLabel: action === "cancel" ? "Keep running" : "Cancel",
       danger: t.danger,
       ic: t.ic,
       details: h("p", { class: "cmd-inline" }, h("code", `outgrow ${action} ${shq(job.name)}`)),

@@ -234,7 +234,7 @@ export async function render(root, ctx) {
       action === "cancel"
         ? `Cancel ${ok.length} job${ok.length === 1 ? "" : "s"}? Their instances are released and their state is lost.`
         : `Suspend ${ok.length} job${ok.length === 1 ? "" : "s"}? Each is checkpointed and its instance released; resume restores it exactly.`;
-    const yes = await confirm({ title: `${verb} jobs`, message, details, confirmLabel: `${verb} ${ok.length}`, danger: action === "cancel", ic: action === "cancel" ? "cancel" : "pause" });
+    const yes = await confirm({ title: `${verb} jobs`, message, details, confirmLabel: `${verb} ${ok.length}`, cancelLabel: action === "cancel" ? "Keep running" : "Cancel", danger: action === "cancel", ic: action === "cancel" ? "cancel" : "pause" });
     if (!yes) return;
     const results = await Promise.allSettled(ok.map((j) => post(`/jobs/${enc(j.id)}/${action}`)));
     const failed = results.filter((r) => r.status === "rejected");

@@ -110,7 +110,7 @@ export async function render(root, ctx) {
       : null,
   );
   const imageHint = h("span");
-  const script = h("textarea", { class: "code", rows: 7, spellcheck: "false", name: "script", placeholder: "#!/bin/bash\n# optional for Jupyter images; required for python images" }, base.script || "");
+  const script = h("textarea", { class: "code", rows: 7, spellcheck: "false", name: "script", placeholder: "#!/bin/bash\n# your job" }, base.script || "");
   script.value = base.script || "";
   let scriptFile = null;
   let scriptLoaded = null;
@@ -141,7 +141,7 @@ export async function render(root, ctx) {
       fileName,
     ),
     script,
-    h("div", { class: "field-hint" }, "Runs in the job's workspace. For a python image it is the job; for Jupyter images it is optional."),
+    h("div", { class: "field-hint" }, "Required for python images: it is the job (a #! line picks the interpreter, else python). Jupyter images start their server on their own."),
     h("div", { class: "field-error", role: "alert" }),
   );
 

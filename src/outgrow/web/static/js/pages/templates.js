@@ -3,7 +3,7 @@
 import { del, enc, get, post } from "../api.js";
 import { h, replace } from "../dom.js";
 import { fmtDateTime, fmtDurationSpec } from "../format.js";
-import { submitCommand } from "../cmdline.js";
+import { shq, submitCommand } from "../cmdline.js";
 import { describeMigratePolicy } from "../policy.js";
 import { button, clearFieldErrors, confirm, copyButton, dialog, empty, errorBox, field, kv, linkButton, showFieldError, skeleton, toast } from "../ui.js";
 import { pageHeader, uniqueName } from "../common.js";
@@ -75,9 +75,13 @@ export async function render(root, ctx) {
     const input = h("input", { type: "text", value: uniqueName(t.spec.name, jobs.map((j) => j.name)), spellcheck: "false", maxlength: 63, autofocus: true });
     const f = field({ label: "Job name", control: input, name: "name", hint: "Everything else comes from the template." });
     const wrap = h("div", f);
+    const cmd = h("code");
+    const drawCmd = () => (cmd.textContent = `outgrow submit --template ${shq(t.name)} -n ${shq(input.value.trim() || "NAME")}`);
+    input.addEventListener("input", drawCmd);
+    drawCmd();
     await dialog({
       title: `Submit from ${t.name}`,
-      body: [wrap, h("p", { class: "cmd-inline" }, h("code", `outgrow submit --template ${t.name} -n ${input.value}`))],
+      body: [wrap, h("p", { class: "cmd-inline" }, cmd)],
       initial: "input",
       actions: [
         { label: "Cancel", value: "cancel" },

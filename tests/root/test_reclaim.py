@@ -1,0 +1,79 @@
+"""SpotSurfer, locally: a Jupyter job on a (local) spot instance gets a reclaim notice in
+the middle of a cell; it is moved to on-demand capacity before the deadline and the cell
+finishes there with its state."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cp_server import Server, control_plane
+from jupyter_ws import KernelSession, create_kernel
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with control_plane(tmp_path_factory.mktemp("reclaim")) as server:
+        yield server
+
+
+def test_reclaim_notice_moves_a_running_cell(cp: Server) -> None:
+    r = cp.post(
+        "/jobs",
+        {"name": "spotty", "image": "jupyter-server", "mem": "1", "vm_policy": "[spotFirst=true]"},
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    j = cp.wait(job, {"Executing"})
+    src = j["instance"]
+    assert src["spot"] is True
+    token = cp.token  # through the stable URL, with the outgrow API token
+    kid = create_kernel(j["url"], token)
+    ks = KernelSession(j["url"], token, kid)
+    assert ks.run("x = 41; x").result == "41"
+    msg = ks.execute(
+        "import time\ntotal = 0\nfor i in range(60):\n"
+        "    total += i\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n"
+        "print('TOTAL', total)\n"
+    )
+    time.sleep(1.0)  # the websocket stays open through the stable URL across the move
+
+    # Non-admins may not reclaim; bad input is a 4xx.
+    cp.post("/users", {"name": "carol", "password": "carol-password-1"})
+    import httpx
+
+    carol = httpx.post(
+        cp.api + "/login", json={"name": "carol", "password": "carol-password-1"}, timeout=10
+    ).json()["token"]
+    assert cp.post(f"/instances/{src['id']}/reclaim", {"in_s": 5}, token=carol).status_code == 401
+    assert cp.post(f"/instances/{src['id']}/reclaim", {"in_s": -1}).status_code == 422
+    assert cp.post("/instances/nope/reclaim", {"in_s": 5}).status_code == 404
+
+    r = cp.post(f"/instances/{src['id']}/reclaim", {"in_s": 20})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 25
+    while True:
+        j = cp.get(f"/jobs/{job}").json()
+        moves = [e for e in j["events"] if e["type"] == "migration"]
+        if moves and j["status"] == "Executing":
+            break
+        assert time.monotonic() < deadline, (j["status"], j["status_reason"])
+        time.sleep(0.2)
+    assert "spot reclaim" in moves[-1]["reason"]
+    dst = j["instance"]
+    assert dst["id"] != src["id"] and dst["spot"] is False
+    old = next(i for i in j["instances"] if i["id"] == src["id"])
+    assert old["status"] == "reclaimed" and old["ended_at"]
+
+    out = ks.collect(msg, timeout=60)
+    assert [int(n) for n in re.findall(r"tick (\d+)", out.text)] == list(range(60))
+    assert f"TOTAL {sum(range(60))}" in out.text
+    assert ks.run("x").result == "41"
+    ks.close()
+    cp.post(f"/jobs/{job}/cancel")
+    cp.wait(job, {"Cancelled"})
