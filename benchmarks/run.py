@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import migration
+import proxy
 from rich.console import Console
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = [migration]
+BENCHMARKS = [migration, proxy]
 DEFAULT_SIZES = "0.25,1,2,4"
 QUICK_SIZES = "0.25,1"
 

@@ -53,12 +53,13 @@ class KernelSession:
         url = base.replace("http://", "ws://") + (
             f"api/kernels/{self.kernel_id}/channels?session_id={self.session_id}"
         )
+        # Entered as a context manager (closed in close()), as websockets 17 expects.
         self.ws = connect(
             url,
             additional_headers={"Authorization": f"token {self.token}"},
             max_size=None,
             open_timeout=30,
-        )
+        ).__enter__()
 
     def close(self) -> None:
         if self.ws is not None:

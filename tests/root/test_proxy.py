@@ -4,6 +4,7 @@ on the local provider, real migrations, suspend and resume, all through
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import re
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +28,9 @@ from jupyter_ws import CellOutput, KernelSession, create_kernel, list_kernels
 from outgrow.api.app import create_app
 from outgrow.controlplane.service import ControlPlane
 from outgrow.domain.jobs import JobSpec, UserView
+from outgrow.errors import AuthError
 from outgrow.providers.local.provider import LocalProvider
+from outgrow.proxy import StableUrlProxy
 from outgrow.store import Store
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -48,6 +52,7 @@ bench = _bench()
 @dataclass
 class Env:
     plane: ControlPlane
+    proxy: StableUrlProxy
     admin: UserView
     token: str  # the admin's outgrow API token
     url: str  # http://127.0.0.1:<port>
@@ -79,11 +84,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     token = boot[1]
     plane.start()
     try:
-        with bench.serve(create_app(plane)) as url:
+        app = create_app(plane)
+        with bench.serve(app) as url:
             admin = plane.authenticate(token)
             job = plane.submit(admin, JobSpec(name="nb", image="jupyter-server", mem="1", cpu="1"))
             bench.wait_status(plane, admin, job.id, "Executing", 600)
-            yield Env(plane, admin, token, url, job.id)
+            yield Env(plane, app.state.proxy, admin, token, url, job.id)
     finally:
         plane.stop()
         provider.teardown()
@@ -117,10 +123,15 @@ def test_websocket_stays_open_across_a_migration(env: Env) -> None:
     out = CellOutput()
     t0 = time.monotonic()
     migrated_at = moved_at = None
+    queued: list[str] = []
     while not out.done:
         # ConnectionClosed here would fail the test: the client socket must never close.
         with contextlib.suppress(TimeoutError):
-            ks.collect(msg_id, timeout=0.25, out=out)
+            ks.collect(msg_id, timeout=0.02, out=out)
+        entry = env.proxy.jobs.get(env.job_id)
+        if not queued and entry is not None and entry.holding:
+            # Upstream closed for the checkpoint: these wait in the proxy, in order.
+            queued = [ks.execute("z = 1"), ks.execute("z = z * 10 + 2; z")]
         now = time.monotonic()
         if migrated_at is None and now - t0 > 3:
             env.plane.migrate(env.admin, env.job_id, instance_type="lc.large")
@@ -143,6 +154,9 @@ def test_websocket_stays_open_across_a_migration(env: Env) -> None:
         f"\nmigration mid-cell: {before.address} → {after.instance.address}, downtime "
         f"{moves[-1].downtime_s} s, cell {done_at - t0:.1f} s"
     )
+    assert queued, "never saw the job's upstream connections closed"
+    assert ks.collect(queued[0], timeout=60).error is None
+    assert ks.collect(queued[1], timeout=60).result == "12"  # sent while held, in order
     # Same socket, same kernel, state intact.
     assert ks.run("x + 1").result == "42"
     assert list_kernels(env.base, env.token) == [kid]
@@ -200,6 +214,14 @@ def test_http_is_held_during_a_migration_and_a_suspended_job_resumes(env: Env) -
     v = env.view()
     assert v.status == "Executing" and v.instance is not None
     assert ks.run("y * 7").result == "42"  # the same websocket, re-attached
+
+    # Suspended again: this time a message on the held websocket resumes the job.
+    env.plane.suspend(env.admin, env.job_id)
+    bench.wait_status(env.plane, env.admin, env.job_id, "Suspended", 180)
+    t = time.monotonic()
+    assert ks.run("y * 10", timeout=180).result == "60"
+    print(f"a message on the held websocket resumed the job: {time.monotonic() - t:.2f} s")
+    assert env.view().status == "Executing"
     ks.close()
     client.close()
 
@@ -292,3 +314,75 @@ def test_overhead_against_direct_access(env: Env) -> None:
     )
     print("\n" + "\n".join(bench.problems(result) or ["DESIGN §6 proxy targets met"]))
     assert result["latency"]["proxy"]["n"] >= 300
+
+
+class _FakePlane:
+    """Just what the proxy asks of a control plane, for a job on a fake upstream."""
+
+    def __init__(self, hold_max: int):
+        self.settings = type("S", (), {"proxy_hold_seconds": 30.0, "proxy_hold_max": hold_max})
+        self.user = UserView(id=1, name="u", is_admin=False, created_at=datetime.now(UTC))
+
+    def authenticate(self, token: str) -> UserView:
+        if token != "good":
+            raise AuthError("bad token")
+        return self.user
+
+    def proxy_target(self, actor: UserView, job_id: str) -> tuple[str, str | None, str]:
+        return "Executing", "127.0.0.1", "the-jupyter-token"
+
+
+async def _slow_upstream(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    if scope["path"].endswith("/slow"):
+        await asyncio.sleep(1.0)
+    body = f"{scope['method']} {scope['path']}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_requests_in_flight_at_a_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a real job: what happens to requests caught by before_checkpoint."""
+    from starlette.applications import Starlette
+
+    from outgrow.proxy import ProxyRoute, jobs
+
+    plane = _FakePlane(hold_max=4)
+    proxy = StableUrlProxy(plane)  # type: ignore[arg-type]
+    app = Starlette()
+    app.add_middleware(ProxyRoute, proxy=proxy)
+    with bench.serve(_slow_upstream) as up, bench.serve(app) as url:
+        monkeypatch.setattr(jobs, "JUPYTER_PORT", int(up.rsplit(":", 1)[1]))
+        base = f"{url}/jobs/jx/"
+        c = httpx.Client(headers={"Authorization": "token good"}, timeout=60, trust_env=False)
+        assert c.get(base + "fast").text == "GET /jobs/jx/fast"
+        with ThreadPoolExecutor(8) as pool:
+            get = pool.submit(c.get, base + "slow")
+            post = pool.submit(c.post, base + "slow", content=b"data")
+            time.sleep(0.3)
+            t = time.monotonic()
+            proxy.before_checkpoint("jx")  # from this (non-loop) thread, like a worker
+            assert time.monotonic() - t < 5
+            held = [pool.submit(c.get, base + "fast") for _ in range(3)]
+            time.sleep(0.5)
+            proxy.after_move("jx")
+            r = get.result()
+            assert r.status_code == 200 and r.text == "GET /jobs/jx/slow"  # sent again
+            r = post.result()
+            assert r.status_code == 503 and r.json()["error"] == "moved"
+            assert r.headers["retry-after"] == "1"
+            assert [f.result().status_code for f in held] == [200, 200, 200]
+
+            # At most hold_max (4) requests wait per job; the others are told to retry.
+            proxy.before_checkpoint("jx")
+            held = [pool.submit(c.get, base + "fast") for _ in range(6)]
+            time.sleep(0.5)
+            proxy.after_move("jx")
+            answers = [f.result() for f in held]
+        assert sorted(r.status_code for r in answers) == [200] * 4 + [503] * 2
+        busy = next(r for r in answers if r.status_code == 503)
+        assert busy.json()["error"] == "busy" and busy.headers["retry-after"]
+        c.close()

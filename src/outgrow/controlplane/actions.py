@@ -344,6 +344,7 @@ def cancel(cp: ControlPlane, job_id: str, reason: str) -> None:
             shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
             cp.store.update_job(job_id, checkpoint_dir=None)
         cp.store.set_status(job_id, S.CANCELLED, reason)
+        release_security_group(cp, job_id)
         return
     if job.status != S.CANCELLING:
         cp.store.set_status(job_id, S.CANCELLING, reason)
@@ -359,6 +360,15 @@ def cancel(cp: ControlPlane, job_id: str, reason: str) -> None:
             end_instance(cp, rec.id, "released")
     cp.store.update_job(job_id, current_instance_id=None)
     cp.store.set_status(job_id, S.CANCELLED, reason)
+    release_security_group(cp, job_id)
+
+
+def release_security_group(cp: ControlPlane, job_id: str) -> None:
+    """The job ended: providers whose groups outlive instances (aws) delete it now."""
+    try:
+        cp.provider.delete_security_group(job_id)
+    except OutgrowError as exc:
+        log.error("deleting the security group of job %s failed: %s", job_id, exc)
 
 
 def finish(cp: ControlPlane, job_id: str, phase: str, exit_code: int | None, msg: str) -> None:
@@ -370,3 +380,4 @@ def finish(cp: ControlPlane, job_id: str, phase: str, exit_code: int | None, msg
     cp.store.update_job(job_id, current_instance_id=None, exit_code=exit_code)
     state = S.COMPLETED if phase == "exited" and exit_code == 0 else S.FAIL_TO_COMPLETE
     cp.store.set_status(job_id, state, msg or phase)
+    release_security_group(cp, job_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from outgrow.store import InstanceRecord, JobRecord, Store
 
 log = logging.getLogger("outgrow.controlplane")
 JUPYTER_IDLE_DEFAULT_S = 2 * 3600.0
+USER_ACTION_WAIT_S = 10.0
 
 
 class MoveHooks(Protocol):
@@ -119,12 +121,20 @@ class ControlPlane:
         with self._guard:
             return job_id in self._busy
 
-    def run_action(self, job_id: str, fn: Callable[..., None], *args: Any) -> bool:
-        """Queue a long action for a job; at most one action per job at a time."""
-        with self._guard:
-            if job_id in self._busy:
+    def run_action(
+        self, job_id: str, fn: Callable[..., None], *args: Any, wait: float = 0.0
+    ) -> bool:
+        """Queue a long action for a job; at most one action per job at a time. With
+        ``wait``, a user's action waits that long for the job's previous action to end
+        (it is finishing its bookkeeping right after the status a client waited for)."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._guard:
+                if job_id not in self._busy:
+                    self._busy.add(job_id)
+                    break
+            if time.monotonic() >= deadline or self.stopping.wait(0.05):
                 return False
-            self._busy.add(job_id)
 
         def work() -> None:
             try:
@@ -415,7 +425,7 @@ class ControlPlane:
     ) -> JobView:
         rec = self._find(actor, ref)
         check_action(action, rec.status)
-        if not self.run_action(rec.id, fn, *args):
+        if not self.run_action(rec.id, fn, *args, wait=USER_ACTION_WAIT_S):
             raise ConflictError(f"job {rec.name} is busy with another action")
         return self.view(self.job(rec.id))
 

@@ -33,12 +33,15 @@ STARTING_STATES = frozenset({S.SUBMITTED, S.INITIALIZING, S.STARTING, S.NO_AVAIL
 RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 HOOK_TIMEOUT_S = 5.0
 POLL_S = 1.0  # held requests re-check the job's state at least this often
-RESUME_EVERY_S = 2.0
-WATCH_EVERY_S = 2.0
+RESUME_EVERY_S = 1.0
+WATCH_EVERY_S = 1.0
+# What a broken or vanished upstream raises (refused, reset, timed out, malformed answer).
+UPSTREAM_ERRORS = (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError)
 
 
 class StableUrlProxy:
-    """Mount at ``/jobs``; register with ``plane.move_hooks.append(proxy)``."""
+    """Serves ``/jobs/<id>/…`` (see ``ProxyRoute``); register it with
+    ``plane.move_hooks.append(proxy)``."""
 
     def __init__(self, plane: ControlPlane):
         self.plane = plane
@@ -122,7 +125,7 @@ class StableUrlProxy:
                     retry_after=1,
                 )
             exc = task.exception()
-            if isinstance(exc, OSError | TimeoutError | EOFError | ValueError):
+            if isinstance(exc, UPSTREAM_ERRORS):
                 if entry.holding:
                     if retryable:
                         continue
@@ -318,6 +321,9 @@ class StableUrlProxy:
             await asyncio.gather(*(b.reattach(t) for b in held))
         elif t.status in HOLD_STATES:
             self._watch(entry)  # e.g. Suspended: kept open; a message resumes the job
+            waiting = next((b for b in held if b.pending), None)
+            if t.status == S.SUSPENDED and waiting is not None and not entry.holding:
+                await self.resume(waiting.actor, entry)  # again until it is accepted
         else:
             for b in held:
                 b.fail(1011, f"job {entry.id} is {t.status}"[:120])
@@ -333,7 +339,10 @@ class StableUrlProxy:
                 if not entry.holding:
                     async with entry.move_lock:
                         entry.targets.clear()
-                        await self._settle(entry)
+                        try:
+                            await self._settle(entry)
+                        except Exception:
+                            log.exception("watching the held websockets of %s", entry.id)
 
         entry.watcher = asyncio.get_running_loop().create_task(watch())
 

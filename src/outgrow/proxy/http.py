@@ -41,6 +41,7 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_DROP = HOP_BY_HOP | {
     b"host",
+    b"content-length",  # the upstream client frames the body itself
     b"authorization",
     b"cookie",
     b"accept-encoding",
@@ -61,18 +62,18 @@ class Masker:
         self.token = token.encode()
         self.mask = b"*" * len(self.token)
         self.tail = b""
+        self.chars = frozenset(self.token)
+        self.prefixes = [self.token[:k] for k in range(len(self.token) - 1, 0, -1)]
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self.token:
+        if not self.token or not chunk:
             return chunk
         buf = self.tail + chunk if self.tail else chunk
         if self.token in buf:
             buf = buf.replace(self.token, self.mask)
         keep = 0
-        for k in range(min(len(self.token) - 1, len(buf)), 0, -1):
-            if buf.endswith(self.token[:k]):
-                keep = k
-                break
+        if buf[-1] in self.chars:  # else no token can start in the tail
+            keep = next((len(p) for p in self.prefixes if buf.endswith(p)), 0)
         self.tail = buf[len(buf) - keep :] if keep else b""
         return buf[: len(buf) - keep] if keep else buf
 
@@ -194,12 +195,19 @@ async def forward(
         headers = client_headers(resp.headers, target, masker) + extra
         ex.started = True
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        # A body of known length: one chunk of look-ahead, so the last one goes with the
+        # end of the answer (one ASGI message less for the usual small answer).
+        ahead = resp.framing == "length"
+        last = b""
         async for chunk in resp.body():
             out = masker.feed(chunk)
+            if ahead:
+                out, last = last, out
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         ex.finished = True
-        await send({"type": "http.response.body", "body": masker.flush(), "more_body": False})
+        end = last + masker.flush()
+        await send({"type": "http.response.body", "body": end, "more_body": False})
     finally:
         if watch is not None:
             watch.cancel()

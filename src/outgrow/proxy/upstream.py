@@ -187,12 +187,10 @@ class Pool:
             b"host: %s:%d" % (self.host.encode(), self.port),
         ]
         head += [k + b": " + v for k, v in headers]
-        if body is not None:
-            head.append(
-                b"content-length: %d" % length
-                if length is not None
-                else b"transfer-encoding: chunked"
-            )
+        if length is not None:  # also "content-length: 0" when the client said so
+            head.append(b"content-length: %d" % length)
+        elif body is not None:
+            head.append(b"transfer-encoding: chunked")
         w.write(b"\r\n".join(head) + b"\r\n\r\n")
         if body is not None:
             async for chunk in body:

@@ -170,7 +170,7 @@ class AwsAdaptor:
         bconfig, _ = _botocore()
         return bconfig.Config(
             region_name=self.session.region_name,
-            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            retries={"mode": "adaptive", "total_max_attempts": self.max_attempts},
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             user_agent_extra=f"outgrow/{__version__}",

@@ -302,7 +302,16 @@ class AwsProvider(Provider):
     def _agent_install(self) -> AgentInstall:
         url = self.aws.agent_wheel_url
         if url is None:
-            return AgentInstall(requirement=self.aws.agent_package or f"outgrow=={__version__}")
+            if not self.aws.agent_package:
+                # Never a bare name from a public index: it may not be this project.
+                raise ConfigError(
+                    "instances need outgrow itself: set OUTGROW_AWS_AGENT_WHEEL_URL (a wheel "
+                    "built with `pip wheel --no-deps . -w dist`, e.g. uploaded to S3) or "
+                    f"OUTGROW_AWS_AGENT_PACKAGE (e.g. outgrow=={__version__} from your "
+                    "package index)",
+                    field="agent_wheel_url",
+                )
+            return AgentInstall(requirement=self.aws.agent_package)
         if url.startswith("s3://"):
             bucket, _, key = url[5:].partition("/")
             return AgentInstall(
@@ -586,6 +595,7 @@ class AwsProvider(Provider):
         itype = self.instance_types().get(type_name)
         if security_group is not None:
             security_group.check_reserved(self.aws.agent_port, PAGE_SERVER_PORTS)
+        install = self._agent_install()  # settings errors before anything is created
         if instance_id is not None:
             existing = self._find(instance_id)
             if existing is not None:
@@ -613,12 +623,13 @@ class AwsProvider(Provider):
                 cluster=self.aws.cluster,
                 token=self.agent_token(iid),
                 cgroup=f"{self.settings.resource_prefix}-{iid}",
-                install=self._agent_install(),
+                install=install,
                 install_criu_sh=INSTALL_CRIU_SH,
                 agent_port=self.aws.agent_port,
                 memory_reserve_mib=self.aws.memory_reserve_mib,
                 oom_headroom_mib=self.settings.oom_headroom_mib,
                 redirects=security_group.redirects if security_group else (),
+                spot=spot,
             )
         )
         req = self.launch_request(

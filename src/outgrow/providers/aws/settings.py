@@ -92,8 +92,8 @@ class AwsSettings(BaseSettings):
     )
     agent_package: str | None = Field(
         None,
-        description="pip requirement installed on instances when no wheel URL is set "
-        "(default: outgrow==<this version> from the package index).",
+        description="Pinned pip requirement (outgrow==X.Y.Z) installed on instances from "
+        "the package index when no wheel URL is set; one of the two is required.",
     )
     agent_wheel_url: str | None = Field(
         None, description="outgrow wheel for instances: s3://bucket/key.whl or https://….whl."

@@ -40,6 +40,8 @@ WORK_DIR = "/var/lib/outgrow/agent"
 IMAGE_CACHE_DIR = "/var/cache/outgrow/images"
 UNIT = "outgrow-agent.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"
+SPOT_UNIT = "outgrow-spotwatch.service"
+SPOT_UNIT_PATH = f"/etc/systemd/system/{SPOT_UNIT}"
 HOST_NETNS = "/proc/1/ns/net"  # the agent owns the whole machine: its netns is the host's
 PACKAGES = (
     "python3-venv",
@@ -92,6 +94,7 @@ class UserDataSpec:
     memory_reserve_mib: int = 768
     oom_headroom_mib: int = 64
     redirects: tuple[tuple[int, int], ...] = ()  # (host_port, job_port) from the SG
+    spot: bool = False  # also run the spot watcher (interruption notices → agent)
     packages: tuple[str, ...] = field(default=PACKAGES)
 
 
@@ -175,6 +178,30 @@ def unit_text(spec: UserDataSpec) -> str:
     )
 
 
+def spotwatch_unit_text(spec: UserDataSpec) -> str:
+    return "\n".join(
+        [
+            "[Unit]",
+            f"Description=outgrow spot interruption watcher (instance {spec.instance_id})",
+            f"After={UNIT}",
+            f"Wants={UNIT}",
+            "",
+            "[Service]",
+            "Type=simple",
+            f"EnvironmentFile={ENV_FILE}",
+            f"ExecStart={VENV}/bin/python -m outgrow.providers.aws.spotwatch "
+            f"--agent-url http://${{OUTGROW_AGENT_ADDRESS}}:{spec.agent_port} "
+            f"--token-file {TOKEN_FILE}",
+            "Restart=always",
+            "RestartSec=5",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
+
+
 def install_commands(install: AgentInstall) -> list[str]:
     pip = f"{VENV}/bin/pip install --no-cache-dir --disable-pip-version-check"
     if install.wheel_url is None:
@@ -223,6 +250,15 @@ def render(spec: UserDataSpec) -> str:
             "content": unit_text(spec),
         },
     ]
+    if spec.spot:
+        files.append(
+            {
+                "path": SPOT_UNIT_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": spotwatch_unit_text(spec),
+            }
+        )
     if spec.redirects:
         files.append(
             {
@@ -244,11 +280,13 @@ def render(spec: UserDataSpec) -> str:
         "systemctl daemon-reload",
         f"systemctl enable --now {UNIT}",
     ]
+    if spec.spot:
+        runcmd.append(f"systemctl enable --now {SPOT_UNIT}")
     doc = {"write_files": files, "runcmd": runcmd}
     text = (
         "#cloud-config\n"
         f"# outgrow {__version__}: instance {spec.instance_id} of cluster {spec.cluster}\n"
-        + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, default_flow_style=False)
+        + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
     )
     size = len(text.encode())
     if size > USER_DATA_LIMIT:

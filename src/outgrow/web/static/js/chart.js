@@ -210,11 +210,13 @@ export class TimeChart {
       for (const seg of st.segments) {
         if (!seg.length) continue;
         const [tEnd, v] = seg[seg.length - 1];
+        const text = st.label(v);
         const right = Math.min(this.x(tEnd), M.left + this.plotW) - 4;
-        if (right - M.left < 60 || tEnd < d.t0) continue;
+        const left = Math.max(this.x(seg[0][0]), M.left);
+        if (right - left < text.length * 6.6 + 10 || tEnd < d.t0) continue; // no room yet
         const yy = this.y(v) - 5;
         if (yy < M.top - 4) continue;
-        svg.append(s("text", { x: right, y: yy, class: `step-label ${st.cls}`, "text-anchor": "end" }, st.label(v)));
+        svg.append(s("text", { x: right, y: yy, class: `step-label ${st.cls}`, "text-anchor": "end" }, text));
       }
     }
 

@@ -35,7 +35,7 @@ export function linkButton(label, href, { kind = "secondary", ic = null, externa
 }
 
 // ---- toasts ---------------------------------------------------------------------------
-export function toast(message, tone = "info", ms = 4500) {
+export function toast(message, tone = "info", ms = 3500) {
   const box = document.getElementById("toasts");
   const el = h(
     "div",

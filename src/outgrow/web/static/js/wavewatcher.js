@@ -162,7 +162,7 @@ export function renderWaveWatcher(panel, ctx, job) {
     title: "Memory usage",
     ariaLabel: "Memory used, cache and swap over time with the instance limit and migration thresholds",
     yFormat: (v) => (v === 0 ? "0" : fmtBytes(v, 1)),
-    ticks: (max) => niceBytes(max, 4),
+    ticks: (max) => niceBytes(max, 5),
     legend: [
       { label: "Memory used", cls: "s-used" },
       { label: "Buffer cache", cls: "s-cache" },

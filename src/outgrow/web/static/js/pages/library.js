@@ -94,7 +94,7 @@ export async function render(root, ctx) {
     const running = jobs.filter((j) => j.image === img.name && !["Completed", "Cancelled", "FailToComplete", "FailToExecute"].includes(j.status)).length;
     const needsScript = img.kind === "python";
     const startBtn = needsScript
-      ? linkButton("Write a script…", `#/submit?image=${enc(img.name)}`, { kind: "primary", ic: "plus", attrs: { "data-action": "start" } })
+      ? linkButton("Write script", `#/submit?image=${enc(img.name)}`, { kind: "primary", ic: "plus", attrs: { "data-action": "start" } })
       : button("Start", { kind: "primary", ic: "rocket", attrs: { "data-action": "start", "aria-label": `Start ${img.name}` } });
     if (!needsScript) startBtn.addEventListener("click", () => start(img, startBtn));
     return h(

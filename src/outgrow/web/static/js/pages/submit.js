@@ -7,7 +7,7 @@ import { icon } from "../icons.js";
 import { submitCommand } from "../cmdline.js";
 import { policyForm, vmPolicyForm } from "../policyform.js";
 import { parseVmPolicy } from "../policy.js";
-import { button, clearFieldErrors, copyButton, errorBox, field, linkButton, showFieldError, skeleton, tabList, toast } from "../ui.js";
+import { clearFieldErrors, copyButton, errorBox, field, linkButton, showFieldError, skeleton, tabList, toast } from "../ui.js";
 import { defaultSpec, JUPYTER_KINDS, pageHeader, uniqueName } from "../common.js";
 
 function section(title, ...children) {
@@ -450,5 +450,4 @@ export async function render(root, ctx) {
   form.addEventListener("submit", doSubmit);
   submitBtn.addEventListener("click", doSubmit);
   update();
-  void button;
 }
