@@ -33,8 +33,9 @@ class Settings(BaseSettings):
         "(2-5 lowercase letters/digits), so leftovers can be found and removed.",
     )
     address_pool: str = Field(
-        "198.18.0.0/15",
-        description="IPv4 pool for local instance addresses (the first is the host bridge).",
+        "198.18.0.0/16",
+        description="IPv4 pool for local instance addresses (the first is the host bridge). "
+        "Tests use 198.19.0.0/16, so they never collide with a running control plane.",
     )
     catalog_path: Path | None = Field(
         None, description="YAML instance-type catalog overriding the packaged one."

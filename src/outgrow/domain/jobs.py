@@ -156,10 +156,12 @@ def spec_from_mapping(data: dict[str, Any]) -> JobSpec:
     try:
         return JobSpec(**d)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ValidationError(first_error(exc)) from exc
+        message, loc = first_error_field(exc)
+        raise ValidationError(message, field=loc or None) from exc
 
 
-def first_error(exc: Exception) -> str:
+def first_error_field(exc: Exception) -> tuple[str, str]:
+    """The first validation error as ("field: message", "field")."""
     errors = getattr(exc, "errors", None)
     if callable(errors):
         errs = errors()
@@ -167,8 +169,12 @@ def first_error(exc: Exception) -> str:
             e = errs[0]
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "__root__")
             msg = str(e.get("msg", "")).removeprefix("Value error, ")
-            return f"{loc}: {msg}" if loc else msg
-    return str(exc)
+            return (f"{loc}: {msg}" if loc else msg), loc
+    return str(exc), ""
+
+
+def first_error(exc: Exception) -> str:
+    return first_error_field(exc)[0]
 
 
 class InstanceView(BaseModel):

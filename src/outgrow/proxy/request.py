@@ -56,6 +56,7 @@ class Incoming:
     header_token: str = ""
     query_token: str = ""
     cookie_token: str = ""
+    cookie_tokens: list[str] = field(default_factory=list)  # every outgrow_session value
     other_cookies: list[str] = field(default_factory=list)
     has_query_token: bool = False
 
@@ -126,7 +127,9 @@ def parse(scope: Scope) -> Incoming | str | None:
         for item in v.decode("latin-1").split(";"):
             cname, eq, cval = item.strip().partition("=")
             if cname == SESSION_COOKIE and eq:
-                req.cookie_token = req.cookie_token or cval.strip().strip('"')
+                # Both the proxy's path-scoped cookie and the console's may be sent.
+                req.cookie_tokens.append(cval.strip().strip('"'))
+                req.cookie_token = req.cookie_token or req.cookie_tokens[-1]
             elif cname:
                 req.other_cookies.append(item.strip())
     return req
@@ -138,11 +141,9 @@ class Authenticator:
         self._cache: dict[str, tuple[UserView, float]] = {}
 
     async def identify(self, req: Incoming) -> Identity:
-        for via, token in (
-            ("header", req.header_token),
-            ("query", req.query_token),
-            ("cookie", req.cookie_token),
-        ):
+        candidates = [("header", req.header_token), ("query", req.query_token)]
+        candidates += [("cookie", t) for t in req.cookie_tokens]
+        for via, token in candidates:
             if token:
                 user = await self.user(token)
                 if user is not None:

@@ -61,14 +61,18 @@ export async function render(root, ctx) {
   const kind = images.get(job.image)?.kind || "";
   const isJupyter = JUPYTER_KINDS.has(kind);
   const tabs = TABS.filter((t) => t.key !== "connect" || kind === "jupyter-server");
-  let tab = tabs.some((t) => t.key === ctx.params.tab) ? ctx.params.tab : "instances";
+  let tab = tabs.some((t) => t.key === ctx.params.tab) ? ctx.params.tab : kind === "python" ? "logs" : "instances";
   document.title = `${job.name} · outgrow`;
 
   // ---- header --------------------------------------------------------------------------
   const badgeSlot = h("span", { class: "badge-slot" });
   const reason = h("span", { class: "status-reason" });
   const statusLine = h("div", { class: "status-line", "aria-live": "polite" }, h("span", { class: "dot", "aria-hidden": "true" }), reason);
-  const openBtn = linkButton("Open", openHref(job, kind), { kind: "primary", ic: "open", external: true, attrs: { "data-action": "open" } });
+  // JupyterLab opens in a new tab; a headless Jupyter Server has no page: "Connect" shows how.
+  const openBtn =
+    kind === "jupyter-server"
+      ? linkButton("Connect", `#/jobs/${enc(job.id)}/connect`, { kind: "primary", ic: "terminal", attrs: { "data-action": "open" } })
+      : linkButton("Open", openHref(job, kind), { kind: "primary", ic: "open", external: true, attrs: { "data-action": "open" } });
   const btn = (label, ic, action, onclick, kind2 = "secondary") => button(label, { ic, kind: kind2, onclick, attrs: { "data-action": action } });
   const migrateBtn = btn("Migrate", "migrate", "migrate", () => migrateDialog());
   const modifyBtn = btn("Modify", "modify", "modify", () => modifyDialog());
@@ -143,10 +147,14 @@ export async function render(root, ctx) {
     openBtn.classList.toggle("disabled", !canOpen);
     openBtn.setAttribute("aria-disabled", String(!canOpen));
     openBtn.tabIndex = canOpen ? 0 : -1;
-    openBtn.title = canOpen ? "Open the job's Jupyter at its stable URL" : `Available while Executing (now ${job.status})`;
+    openBtn.title = canOpen ? (kind === "jupyter-server" ? "How to use this server from your JupyterLab" : "Open JupyterLab at the job's stable URL") : `Available while Executing (now ${job.status})`;
   }
   openBtn.addEventListener("click", (ev) => {
     if (openBtn.getAttribute("aria-disabled") === "true") ev.preventDefault();
+    else if (kind === "jupyter-server") {
+      ev.preventDefault();
+      selectTab("connect");
+    }
   });
 
   function drawSummary() {

@@ -142,9 +142,11 @@ export async function render(root, ctx) {
       h(
         "td",
         { class: "col-open" },
-        canOpen
-          ? linkButton("Open", openHref(j, kind), { ic: "open", size: "sm", external: true, attrs: { "data-key": `open-${j.id}`, "aria-label": `Open ${j.name}` } })
-          : null,
+        canOpen && kind === "jupyter-server"
+          ? linkButton("Connect", `#/jobs/${enc(j.id)}/connect`, { ic: "terminal", size: "sm", attrs: { "data-key": `open-${j.id}`, "aria-label": `Connect to ${j.name}` } })
+          : canOpen
+            ? linkButton("Open", openHref(j, kind), { ic: "open", size: "sm", external: true, attrs: { "data-key": `open-${j.id}`, "aria-label": `Open ${j.name}` } })
+            : null,
       ),
     );
   }
