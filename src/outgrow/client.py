@@ -275,6 +275,11 @@ class Client:
     def revoke_token(self, token_id: int) -> None:
         self._json("DELETE", f"/tokens/{int(token_id)}")
 
+    def open_link(self, ref: str) -> dict[str, Any]:
+        """A one-time browser link to the job's stable URL."""
+        data: dict[str, Any] = self._json("POST", f"/jobs/{ref}/open")
+        return data
+
     def reclaim_instance(self, instance_id: str, in_s: float = 30.0) -> dict[str, Any]:
         """Admin: announce a spot reclaim of an instance (see ``outgrow instance reclaim``)."""
         data: dict[str, Any] = self._json(

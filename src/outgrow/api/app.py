@@ -137,6 +137,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
     def migrate(ref: JobRef, body: MigrateBody, user: User, cp: Plane) -> JobView:
         return cp.migrate(user, ref, body.instance_type, body.cpu, body.mem)
 
+    @api.post("/jobs/{ref}/open")
+    def open_link(ref: JobRef, user: User, cp: Plane) -> dict[str, Any]:
+        """A one-time browser link to the job's stable URL (good once, for 2 minutes)."""
+        return cp.open_link(user, ref)
+
     @api.post("/jobs/{ref}/suspend", status_code=202)
     def suspend(ref: JobRef, user: User, cp: Plane) -> JobView:
         return cp.suspend(user, ref)

@@ -204,6 +204,30 @@ def show(job: str, as_json: bool) -> None:
         print_wide(job_details(view))
 
 
+@cli.command("open")
+@click.argument("job")
+@click.option("--print", "print_only", is_flag=True, help="Print the link instead of opening it.")
+@json_option
+def open_(job: str, print_only: bool, as_json: bool) -> None:
+    """Open the job's stable URL in a browser, logged in by a one-time link."""
+    with connect() as c:
+        link = c.open_link(job)
+    if as_json:
+        emit_json(link)
+        return
+    if not print_only:
+        import webbrowser
+
+        try:
+            opened = webbrowser.open(link["url"])
+        except webbrowser.Error:
+            opened = False
+        if opened:
+            say(f"opened {link['stable_url']} (one-time link, valid {link['expires_in_s']:g} s)")
+            return
+    click.echo(link["url"])
+
+
 @cli.command("log")
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends (Ctrl-C).")

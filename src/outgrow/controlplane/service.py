@@ -77,6 +77,7 @@ class ControlPlane:
         self._job_locks: dict[str, threading.Lock] = {}
         self._busy: set[str] = set()
         self._guard = threading.Lock()
+        self._open_codes: dict[str, tuple[int, str, float]] = {}  # code → user, job, expiry
         self._warm: dict[str, InstanceInfo] = {}  # job id → pre-created target (prepare level)
         self.scheduler: Any = None
         # The stable-URL proxy registers here (outgrow.proxy): it closes its upstream
@@ -577,6 +578,40 @@ class ControlPlane:
         if not actor.is_admin and img.owner != actor.name:
             raise NotFoundError(f"no image {name!r}", field="name")
         self.store.delete_image(name)
+
+    def open_link(self, actor: UserView, ref: str, ttl_s: float = 120.0) -> dict[str, Any]:
+        """A one-time link to the job's stable URL for a browser: the code in it is good
+        once, for this job, for ``ttl_s`` seconds; the proxy exchanges it for a session."""
+        rec = self._find(actor, ref)
+        view = self.view(rec, with_events=False)
+        if view.url is None:
+            raise ConflictError(
+                f"job {rec.name} has no URL (image {rec.spec.image} serves "
+                "no web app, or the job has ended)"
+            )
+        code = "otp_" + secrets.token_urlsafe(24)
+        with self._guard:
+            now = time.monotonic()
+            self._open_codes = {c: v for c, v in self._open_codes.items() if v[2] > now}
+            self._open_codes[code] = (actor.id, rec.id, now + ttl_s)
+        kind = actions.image_spec(self, rec.spec.image).kind
+        path = "lab" if kind == "jupyter-lab" else ""
+        return {
+            "url": f"{view.url}{path}?token={code}",
+            "stable_url": view.url,
+            "expires_in_s": ttl_s,
+        }
+
+    def redeem_open_code(self, code: str, job_id: str) -> tuple[UserView, str]:
+        with self._guard:
+            entry = self._open_codes.pop(code, None)
+        if entry is None or entry[2] < time.monotonic() or entry[1] != job_id:
+            raise AuthError("this link was already used or has expired; run `outgrow open` again")
+        user = self.store.get_user_by_id(entry[0])
+        if user is None:
+            raise AuthError("the user of this link no longer exists")
+        _, token = self.store.create_token(entry[0], f"browser-{job_id}")
+        return user, token
 
     def reclaim_instance(self, actor: UserView, instance_id: str, in_s: float) -> dict[str, Any]:
         """Admin only: announce a spot reclaim of an instance (the local provider then takes

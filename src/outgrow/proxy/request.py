@@ -38,6 +38,7 @@ SESSION_COOKIE = "outgrow_session"
 AUTH_TTL_S = 5.0  # a revoked token stops working through the proxy within this time
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OPEN_CODE_PREFIX = "otp_"
 
 
 @dataclass
@@ -144,6 +145,16 @@ class Authenticator:
         candidates = [("header", req.header_token), ("query", req.query_token)]
         candidates += [("cookie", t) for t in req.cookie_tokens]
         for via, token in candidates:
+            if via == "query" and token.startswith(OPEN_CODE_PREFIX):
+                # A one-time link from `outgrow open`: exchanged once for a browser token,
+                # which the answer stores in the session cookie.
+                try:
+                    owner, browser_token = await anyio.to_thread.run_sync(
+                        self.plane.redeem_open_code, token, req.job_id
+                    )
+                except AuthError:
+                    continue
+                return Identity(owner, via, browser_token)
             if token:
                 user = await self.user(token)
                 if user is not None:

@@ -48,6 +48,11 @@ class AccountsMixin(StoreBase):
             user = s.scalar(select(User).where(User.name == name))
             return None if user is None else user_view(user)
 
+    def get_user_by_id(self, user_id: int) -> UserView | None:
+        with self._tx() as s:
+            user = s.get(User, user_id)
+            return None if user is None else user_view(user)
+
     def user_count(self) -> int:
         with self._tx() as s:
             return s.scalar(select(func.count()).select_from(User)) or 0
