@@ -198,10 +198,11 @@ def show(job: str, as_json: bool) -> None:
     """Everything about a job: spec, instances (history), events with their reasons, URL."""
     with connect() as c:
         view = c.job(job)
+        token = c.token
     if as_json:
         emit_json(view.model_dump(mode="json"))
     else:
-        print_wide(job_details(view))
+        print_wide(job_details(view, token))
 
 
 @cli.command("open")

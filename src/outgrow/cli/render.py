@@ -152,7 +152,12 @@ def where(job: JobView) -> str:
     return out
 
 
-def job_details(job: JobView) -> RenderableType:
+def gateway_command(job: JobView, token: str) -> str:
+    """How to use a jupyter-server job from a local JupyterLab (kernels run remotely)."""
+    return f"jupyter lab --gateway-url={job.url} --GatewayClient.auth_token={token}"
+
+
+def job_details(job: JobView, token: str | None = None) -> RenderableType:
     """Everything ``outgrow show`` prints: the job, its instances and its events."""
     s = job.spec
     head = Text.assemble(
@@ -161,7 +166,7 @@ def job_details(job: JobView) -> RenderableType:
     lines: list[RenderableType] = [head]
 
     def kv(key: str, value: Any) -> None:
-        lines.append(Text.assemble((f"  {key:<15}", "dim"), str(value)))
+        lines.append(Text.assemble((f"  {key:<15} ", "dim"), str(value)))
 
     if job.status_reason:
         kv("reason", job.status_reason)
@@ -169,6 +174,8 @@ def job_details(job: JobView) -> RenderableType:
     kv("image", job.image)
     if job.url:
         kv("url", job.url)
+        if job.image == "jupyter-server" or s.image == "jupyter-server":
+            kv("local Jupyter", gateway_command(job, token or "<your API token>"))
     if job.instance is not None:
         i = job.instance
         kv("instance", f"{i.id} {i.type} ({inst_size(i)}){' spot' if i.spot else ''}")
@@ -195,6 +202,8 @@ def job_details(job: JobView) -> RenderableType:
         kv("exit code", job.exit_code)
     if job.instances:
         lines += [Text(""), instances_table(job.instances)]
+    if job.security_group:
+        lines += [Text(""), security_table(job.security_group)]
     if job.events:
         lines += [Text(""), events_table(job.events)]
     return Group(*lines)
@@ -216,6 +225,27 @@ def instances_table(insts: list[InstanceView]) -> Table:
             fmt_time(i.started_at),
             fmt_time(i.ended_at),
             f"${i.cost_usd:.4f}",
+        )
+    return table
+
+
+def security_table(rules: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="security group (inbound first)", title_justify="left", box=None, header_style="bold"
+    )
+    for col in ("action", "direction", "proto", "port", "from", "why"):
+        table.add_column(col)
+    for r in rules:
+        port = r.get("port")
+        if r.get("to_port") not in (None, port):
+            port = f"{port}→{r['to_port']}"
+        table.add_row(
+            str(r.get("action", "")),
+            str(r.get("direction", "")),
+            str(r.get("proto") or "any"),
+            str(port if port is not None else "any"),
+            str(r.get("from") or "any"),
+            str(r.get("why", "")),
         )
     return table
 
