@@ -23,7 +23,7 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-bash scripts/install-criu.sh
+bash src/outgrow/data/install-criu.sh
 
 # The virtualenv, rebuilt only when the dependency spec changes.
 PY=${PYTHON:-python3}

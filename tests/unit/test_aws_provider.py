@@ -515,10 +515,10 @@ def test_user_data_wheel_is_downloaded_checked_and_redirects_applied() -> None:
 
 
 def test_packaged_criu_script_is_the_project_script() -> None:
-    """The copy shipped in the package must be scripts/install-criu.sh, byte for byte."""
-    assert (REPO / "scripts" / "install-criu.sh").read_text() == INSTALL_CRIU_SH, (
-        "src/outgrow/providers/aws/criu_script.py differs from scripts/install-criu.sh: "
-        "paste the script into it"
+    """The script written onto instances is the one `make setup` runs, byte for byte."""
+    assert (REPO / "src/outgrow/data/install-criu.sh").read_text() == INSTALL_CRIU_SH, (
+        "the aws provider does not ship src/outgrow/data/install-criu.sh: "
+        "the package must carry the script make setup runs"
     )
 
 

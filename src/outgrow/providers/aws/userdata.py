@@ -5,7 +5,7 @@
 2. installs Python's venv tooling, then outgrow itself — a pinned wheel (downloaded from a
    presigned S3 URL or HTTPS and checked against its sha256 when one is configured) or a
    pinned requirement from the package index — into ``/opt/outgrow/venv``;
-3. installs CRIU exactly as ``make setup`` does (``scripts/install-criu.sh``: a usable
+3. installs CRIU exactly as ``make setup`` does (``src/outgrow/data/install-criu.sh``: a usable
    system CRIU ≥ 4.2 or the hash-checked 4.2.1 build into ``/opt/outgrow/criu``);
 4. ``systemctl enable --now outgrow-agent`` (``runcmd``, under ``set -eu``: a failed step
    stops the rest, and the control plane's health wait reports the timeout).
