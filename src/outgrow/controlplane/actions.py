@@ -21,6 +21,7 @@ from outgrow.agent.images import BUILTIN_IMAGES, ImageSpec
 from outgrow.domain.instance_types import InstanceType
 from outgrow.domain.policy import parse_cpu_range, parse_mem_range
 from outgrow.domain.states import JobState as S
+from outgrow.domain.states import is_terminal
 from outgrow.errors import CapacityError, NotFoundError, OutgrowError
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.base import InstanceInfo
@@ -339,6 +340,8 @@ def resume(cp: ControlPlane, job_id: str, reason: str) -> None:
 
 def cancel(cp: ControlPlane, job_id: str, reason: str) -> None:
     job = cp.job(job_id)
+    if is_terminal(job.status):  # it ended on its own while the cancel waited its turn
+        return
     if job.status in (S.SUBMITTED, S.SUSPENDED, S.NO_AVAILABLE_HOST):
         if job.checkpoint_dir:
             shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
