@@ -12,7 +12,11 @@ setup:
 up: setup
 	$(VENV)/bin/outgrow up
 
+# Lint and types first (seconds): a style or type error fails the run like a test would.
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
