@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from outgrow import __version__
-from outgrow.agent.images import BUILTIN_IMAGES, parse_pip_spec
+from outgrow.agent.images import BUILTIN_IMAGES, ImageSpec, parse_pip_spec
 from outgrow.controlplane import actions
 from outgrow.domain.jobs import (
     EventView,
@@ -534,19 +534,8 @@ class ControlPlane:
         self.store.delete_template(None if actor.is_admin else actor.id, name)
 
     def list_images(self, actor: UserView) -> list[ImageView]:
-        out = [
-            ImageView(
-                name=i.name,
-                kind=i.kind,
-                pip=list(i.pip),
-                description=i.description,
-                docs=i.docs,
-                default_port=i.default_port,
-                builtin=True,
-            )
-            for i in BUILTIN_IMAGES.values()
-        ]
-        return out + self.store.list_images()
+        builtin = [image_view(i, builtin=True) for i in BUILTIN_IMAGES.values()]
+        return builtin + self.store.list_images()
 
     def add_image(
         self, actor: UserView, name: str, pip: str, base: str | None = None, description: str = ""
@@ -557,16 +546,7 @@ class ControlPlane:
         spec = base_spec.derive(
             name, parse_pip_spec(pip), description or f"{base_spec.name} + {pip}"
         )
-        view = ImageView(
-            name=spec.name,
-            kind=spec.kind,
-            pip=list(spec.pip),
-            description=spec.description,
-            docs=base_spec.docs,
-            default_port=spec.default_port,
-            base=base_spec.name,
-            owner=actor.name,
-        )
+        view = image_view(spec, docs=base_spec.docs, base=base_spec.name, owner=actor.name)
         return self.store.add_image(view, actor.id)
 
     def remove_image(self, actor: UserView, name: str) -> None:
@@ -673,6 +653,19 @@ class ControlPlane:
             return None
         inst = self.provider.describe_instance(rec.current_instance_id)
         return agent(inst) if inst else None
+
+
+def image_view(spec: ImageSpec, **extra: Any) -> ImageView:
+    """The API's view of an image spec (built-in, or derived by a user)."""
+    fields: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "pip": list(spec.pip),
+        "description": spec.description,
+        "docs": spec.docs,
+        "default_port": spec.default_port,
+    }
+    return ImageView(**{**fields, **extra})
 
 
 def _bad_status(s: str) -> None:
