@@ -8,7 +8,9 @@ import random
 import secrets
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,9 +36,25 @@ def unique_prefix() -> str:
     return "og" + secrets.token_hex(2)[:3]
 
 
-def leftovers(prefix: str) -> list[str]:
-    """Every netns, link and cgroup with this prefix still on the machine."""
+def leftovers(prefix: str, path_contains: str | None = None) -> list[str]:
+    """Every netns, link and cgroup with this prefix still on the machine; with
+    ``path_contains`` also every loop device whose backing file path and every mount whose
+    mount point contains that string (e.g. a test's tmp dir, for job volumes)."""
     found = []
+    if path_contains:
+        loops = subprocess.run(
+            ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        for ln in loops.splitlines():
+            name, _, back = ln.strip().partition(" ")
+            if path_contains in back:
+                found.append(f"loop {name} ({back.strip()})")
+        for ln in Path("/proc/self/mountinfo").read_text().splitlines():
+            target = ln.split()[4]
+            if path_contains in target:
+                found.append(f"mount {target}")
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {ln.split()[0]}" for ln in ns.splitlines() if ln.startswith(prefix)]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -50,13 +68,79 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
-def make_settings(tmp: Path, prefix: str) -> Settings:
-    return Settings(
-        data_dir=tmp,
-        resource_prefix=prefix,
-        address_pool=f"198.19.{random.randint(1, 250)}.0/24",
-        criu_path=CRIU,
-    )
+def make_settings(tmp: Path, prefix: str, **overrides: Any) -> Settings:
+    """Settings of a test's own provider; ``overrides`` are further Settings fields
+    (e.g. ``local_job_storage="volume"``)."""
+    fields: dict[str, Any] = {
+        "data_dir": tmp,
+        "resource_prefix": prefix,
+        "address_pool": f"198.19.{random.randint(1, 250)}.0/24",
+        "criu_path": CRIU,
+    }
+    return Settings(**{**fields, **overrides})
+
+
+@dataclass(frozen=True)
+class FakeS3:
+    """moto's fake S3 (ThreadedMotoServer), not AWS: see the ``moto_s3`` fixture."""
+
+    endpoint_url: str  # http://127.0.0.1:PORT, what this process uses
+    port: int
+    bucket: str
+
+    def endpoint_from(self, host: str) -> str:
+        """The endpoint as seen from elsewhere, e.g. an instance's agent reaching the
+        host at its bridge address (the server listens on every address)."""
+        return f"http://{host}:{self.port}"
+
+
+MOTO_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# unset while moto's fake S3 is in use: nothing of a developer's AWS setup leaks in
+MOTO_UNSET = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "OUTGROW_AWS_ENDPOINT_URL",
+    "OUTGROW_AWS_PROFILE",
+    "OUTGROW_AWS_REGION",
+)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[FakeS3]:
+    """moto's fake S3 — a ThreadedMotoServer on a free port, NOT AWS — with one fresh
+    bucket, for the whole session. While it runs, os.environ points boto3 and outgrow at
+    it (AWS_ENDPOINT_URL, fake credentials ``testing``, region us-east-1,
+    OUTGROW_AWS_S3_BUCKET); agents started meanwhile inherit that environment (an agent
+    in a netns needs ``endpoint_from(gateway)`` instead of 127.0.0.1). Everything is
+    restored at the end of the session."""
+    server_mod = pytest.importorskip("moto.server", reason="moto not installed (dev extra)")
+    boto3 = pytest.importorskip("boto3", reason="boto3 not installed (aws extra)")
+    server = server_mod.ThreadedMotoServer(ip_address="0.0.0.0", port=0, verbose=False)
+    server.start()
+    port = int(server.get_host_and_port()[1])
+    fake = FakeS3(f"http://127.0.0.1:{port}", port, f"outgrow-test-{secrets.token_hex(4)}")
+    saved = {k: os.environ.get(k) for k in (*MOTO_ENV, *MOTO_UNSET, "AWS_ENDPOINT_URL")}
+    saved["OUTGROW_AWS_S3_BUCKET"] = os.environ.get("OUTGROW_AWS_S3_BUCKET")
+    for k in MOTO_UNSET:
+        os.environ.pop(k, None)
+    os.environ.update(MOTO_ENV)
+    os.environ["AWS_ENDPOINT_URL"] = fake.endpoint_url
+    os.environ["OUTGROW_AWS_S3_BUCKET"] = fake.bucket
+    try:
+        boto3.client("s3", endpoint_url=fake.endpoint_url).create_bucket(Bucket=fake.bucket)
+        yield fake
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -64,9 +64,11 @@ class Server:
 
 
 @contextmanager
-def control_plane(tmp: Path) -> Iterator[Server]:
+def control_plane(tmp: Path, **overrides: Any) -> Iterator[Server]:
+    """An in-process control plane on the local provider; ``overrides`` are Settings fields
+    (e.g. ``local_job_storage="volume"``)."""
     prefix = unique_prefix()
-    settings = make_settings(tmp, prefix)
+    settings = make_settings(tmp, prefix).model_copy(update=overrides)
     store = Store.open(f"sqlite:///{tmp}/outgrow.db")
     provider = LocalProvider(settings)
     port = free_port()

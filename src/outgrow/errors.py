@@ -14,9 +14,11 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     ├── ProviderError          creating/deleting an instance failed
     ├── RuntimeFailure         starting/stopping a job, cgroup/namespace work failed
     ├── ImageBuildError        building an image (virtualenv) failed
+    ├── StorageError           a job directory could not be mounted, released or moved
     ├── CheckpointError        criu dump/restore failed
     │   └── TransferError      moving checkpoint images between agents failed
     ├── MigrationError         a migration did not complete (job left on the source)
+    │   └── JobLostError       … and the job could not be brought back on the source
     └── AgentError             an agent answered with an error or could not be reached
 """
 
@@ -77,6 +79,10 @@ class ImageBuildError(OutgrowError):
     code = "image_build"
 
 
+class StorageError(OutgrowError):
+    code = "storage"
+
+
 class CheckpointError(OutgrowError):
     code = "checkpoint"
 
@@ -87,6 +93,10 @@ class TransferError(CheckpointError):
 
 class MigrationError(OutgrowError):
     code = "migration"
+
+
+class JobLostError(MigrationError):
+    code = "job_lost"
 
 
 class AgentError(OutgrowError):

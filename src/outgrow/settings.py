@@ -72,6 +72,19 @@ class Settings(BaseSettings):
     proxy_hold_max: int = Field(
         256, description="Most requests the stable-URL proxy holds per job (beyond: 503)."
     )
+    local_job_storage: Literal["shared", "volume", "s3"] = Field(
+        "shared",
+        description="How local instances get a job's directory: 'shared' (one host "
+        "directory), 'volume' (a per-job loop-device ext4 volume moved between instances "
+        "like an EBS volume) or 's3' (a tar in S3, bucket OUTGROW_AWS_S3_BUCKET, needs "
+        "outgrow[aws]). volume and s3 exist to exercise the cloud paths on one host.",
+    )
+    local_volume_gib: float = Field(
+        4.0,
+        gt=0,
+        description="Size of each job's volume in local 'volume' job storage (a sparse "
+        "image file: only what is written takes space).",
+    )
 
     @field_validator("resource_prefix")
     @classmethod

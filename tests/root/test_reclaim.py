@@ -77,3 +77,45 @@ def test_reclaim_notice_moves_a_running_cell(cp: Server) -> None:
     ks.close()
     cp.post(f"/jobs/{job}/cancel")
     cp.wait(job, {"Cancelled"})
+
+
+def test_short_notice_checkpoints_at_once_and_restores_elsewhere(cp: Server) -> None:
+    """A notice shorter than the provider needs to create a target (local: a few
+    seconds; AWS's two-minute notice against an instance boot): the job is checkpointed
+    at once, the spot instance released, and the job restored on on-demand capacity."""
+    r = cp.post(
+        "/jobs",
+        {"name": "hurry", "image": "jupyter-server", "mem": "0.5", "vm_policy": "[spotFirst=true]"},
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    j = cp.wait(job, {"Executing"})
+    src = j["instance"]
+    assert src["spot"] is True
+    kid = create_kernel(j["url"], cp.token)
+    ks = KernelSession(j["url"], cp.token, kid)
+    assert ks.run("y = [i * i for i in range(1000)]; sum(y)").result == str(
+        sum(i * i for i in range(1000))
+    )
+    short = cp.plane.provider.create_estimate_s / 2
+    assert cp.post(f"/instances/{src['id']}/reclaim", {"in_s": short}).status_code == 202
+    deadline = time.monotonic() + 60
+    while True:
+        j = cp.get(f"/jobs/{job}").json()
+        if j["status"] == "Executing" and j["instance"] and j["instance"]["id"] != src["id"]:
+            break
+        assert j["status"] not in ("FailToComplete", "Cancelled"), j["status_reason"]
+        assert time.monotonic() < deadline, (j["status"], j["status_reason"])
+        time.sleep(0.1)
+    reasons = [e["reason"] for e in j["events"]]
+    assert any("checkpointing now" in r for r in reasons), reasons
+    assert any(r.startswith("Suspended") or "checkpoint saved" in r for r in reasons), reasons
+    assert j["instance"]["spot"] is False
+    old = next(i for i in j["instances"] if i["id"] == src["id"])
+    assert old["status"] == "reclaimed"
+    ks.close()
+    ks = KernelSession(j["url"], cp.token, kid)  # the same kernel, restored
+    assert ks.run("len(y), y[-1]").result == "(1000, 998001)"
+    ks.close()
+    cp.post(f"/jobs/{job}/cancel")
+    cp.wait(job, {"Cancelled"})

@@ -404,6 +404,13 @@ def test_moto_spot_launch_tags_imdsv2_and_root_volume(provider: AwsProvider) -> 
         "systemctl enable --now outgrow-agent.service",
         "systemctl enable --now outgrow-spotwatch.service",
     ]
+    # the agent reaches S3 (checkpoints, job directories) in this region and bucket, with
+    # boto3 installed (outgrow's aws extra)
+    assert _unit(doc)["Environment"] == [
+        f"OUTGROW_AWS_REGION={REGION}",
+        "OUTGROW_AWS_S3_BUCKET=og-test",
+    ]
+    assert any(c.endswith(" 'outgrow[aws]==0.1.0'") for c in doc["runcmd"])
 
 
 # ---- user-data --------------------------------------------------------------------------
@@ -446,6 +453,7 @@ def test_user_data_is_a_cloud_config_that_installs_and_starts_the_agent() -> Non
     assert files[userdata.CRIU_SCRIPT]["permissions"] == "0755"
 
     unit = _unit(doc)
+    assert "Environment" not in unit  # no region, no bucket given: no S3 for the agent
     assert unit["Restart"] == ["on-failure"] and unit["KillMode"] == ["process"]
     assert unit["WantedBy"] == ["multi-user.target"]
     assert unit["EnvironmentFile"] == [f"-{userdata.ENV_FILE}"]
@@ -512,6 +520,34 @@ def test_user_data_wheel_is_downloaded_checked_and_redirects_applied() -> None:
         userdata.AgentInstall(requirement="outgrow>=0.1")
     with pytest.raises(ConfigError, match="https"):
         userdata.AgentInstall(wheel_url="http://x/outgrow-0.1.0-py3-none-any.whl")
+
+
+def test_user_data_gives_the_agent_what_it_needs_for_s3() -> None:
+    """Region and bucket in the agent's unit environment (credentials: the instance
+    profile), and outgrow installed with its aws extra (boto3) when a bucket is set."""
+    doc = yaml.safe_load(userdata.render(_spec(region="eu-west-1", s3_bucket="og-test")))
+    assert _unit(doc)["Environment"] == [
+        "OUTGROW_AWS_REGION=eu-west-1",
+        "OUTGROW_AWS_S3_BUCKET=og-test",
+    ]
+    pip = next(c for c in doc["runcmd"] if "/bin/pip install" in c)
+    assert pip.endswith(" 'outgrow[aws]==0.1.0'")
+    # a region but no bucket: the agent never uses S3, no boto3
+    doc = yaml.safe_load(userdata.render(_spec(region="us-east-1")))
+    assert _unit(doc)["Environment"] == ["OUTGROW_AWS_REGION=us-east-1"]
+    assert next(c for c in doc["runcmd"] if "/bin/pip install" in c).endswith(" outgrow==0.1.0")
+    # a wheel gets the extra too
+    install = userdata.AgentInstall(
+        wheel_url="https://example.invalid/outgrow-0.1.0-py3-none-any.whl"
+    )
+    doc = yaml.safe_load(userdata.render(_spec(install=install, s3_bucket="og-test")))
+    pip = next(c for c in doc["runcmd"] if "/bin/pip install" in c)
+    assert pip.endswith(" '/opt/outgrow/outgrow-0.1.0-py3-none-any.whl[aws]'")
+    assert userdata.with_extras("outgrow[x]==0.1.0", ("aws",)) == "outgrow[x,aws]==0.1.0"
+    assert userdata.with_extras("outgrow[aws]==0.1.0", ("aws",)) == "outgrow[aws]==0.1.0"
+    for bad in ({"region": "eu-west-1\nExecStart=/bin/sh"}, {"s3_bucket": "Bad Bucket"}):
+        with pytest.raises(ConfigError):
+            userdata.render(_spec(**bad))
 
 
 def test_packaged_criu_script_is_the_project_script() -> None:
@@ -638,7 +674,7 @@ def test_moto_security_group_follows_the_job_and_is_deleted_with_it(
     provider.wait_terminated()
     provider.delete_security_group("j1")
     provider.delete_security_group("j1")  # idempotent
-    assert provider._find_group(sg_name("j1")) is None
+    assert provider.groups.find(sg_name("j1")) is None
 
 
 def test_security_group_delete_waits_out_dependency_violation() -> None:

@@ -66,9 +66,9 @@ def test_pick_type_smallest_fitting_the_headroom_rule() -> None:
         S.pick_type([InstanceType("tiny", 1, 1, 0.1)], 1)
 
 
-def _mig(mode: str, down: float, ck: int = 2 * 10**9, **kw: Any) -> dict[str, Any]:
+def _mig(transfer: str, down: float, ck: int = 2 * 10**9, **kw: Any) -> dict[str, Any]:
     return {
-        "transfer": mode,
+        "transfer": transfer,
         "freeze_s": 0.01,
         "dump_s": down / 2,
         "transfer_s": 0.1,
@@ -135,6 +135,44 @@ def test_summarise_size_one_row_per_mode_with_medians_and_ratios() -> None:
     assert ps["checkpoint_rss_ratio"] == pytest.approx(1.0)
     assert ps["checkpoint_rss_ok"] is True
     assert ps["intact"] is True and cp["intact"] is True
+    # no storage_s recorded (results from before volumes): none; each shared mode is
+    # compared with the other, not with itself
+    assert ps["storage_s"] is None
+    assert ps["downtime_over_page_server"] is None and cp["downtime_over_copy"] is None
+    assert ps["downtime_over_copy"] == pytest.approx(1.2 / 4.0)
+    assert cp["downtime_over_page_server"] == pytest.approx(4.0 / 1.2)
+
+
+def test_summarise_size_volume_mode_rows_and_ratios() -> None:
+    # A volume move transfers in copy mode: its row comes from ``mode``, not ``transfer``.
+    vol = [
+        _mig("copy", d, mode="volume", storage_s=s) for d, s in ((6.0, 0.5), (4.5, 0.3), (5.0, 0.4))
+    ]
+    rows = S.summarise_size(
+        _size([_mig("page-server", 1.5, storage_s=0.0), _mig("copy", 4.0, storage_s=0.0), *vol])
+    )
+    assert [r["mode"] for r in rows] == ["page-server", "copy", "volume"]
+    ps, cp, vr = rows
+    assert (ps["n"], cp["n"], vr["n"]) == (1, 1, 3)
+    assert vr["downtime_s"] == {"median": 5.0, "min": 4.5, "max": 6.0, "n": 3}
+    assert vr["storage_s"]["median"] == pytest.approx(0.4)
+    assert vr["downtime_over_page_server"] == pytest.approx(5.0 / 1.5)
+    assert vr["downtime_over_copy"] == pytest.approx(5.0 / 4.0)
+    assert cp["downtime_over_page_server"] == pytest.approx(4.0 / 1.5)
+    # every column of the table renders every row
+    cells = {name: cell(vr) for name, _, cell in S.COLUMNS}
+    assert (cells["mode"], cells["storage"], cells["downtime"]) == (
+        "volume",
+        "0.40",
+        "5.00 (4.50–6.00)",
+    )
+    assert (cells["/ps"], cells["/copy"]) == ("3.33×", "1.25×")
+    assert [cell(ps) for name, _, cell in S.COLUMNS if name in ("/ps", "/copy")] == ["—", "0.38×"]
+    # volume alone (--modes volume): no baseline, no ratio
+    (alone,) = S.summarise_size(_size(vol, raw_criu=[], reload=[]))
+    assert alone["downtime_over_page_server"] is None and alone["downtime_over_copy"] is None
+    assert S.mode_of({"transfer": "copy"}) == "copy"
+    assert S.mode_of({"transfer": "copy", "mode": "volume"}) == "volume"
 
 
 def test_summarise_size_flags_bloat_broken_data_and_missing_parts() -> None:

@@ -8,6 +8,7 @@ from typing import Any, Self
 
 import httpx
 
+from outgrow.domain.storage import JobStorage
 from outgrow.errors import AgentError
 
 
@@ -83,8 +84,23 @@ class AgentClient:
     def abort(self) -> dict[str, Any]:
         return self._call("POST", "/v1/checkpoint/abort", timeout=60)
 
-    def commit(self) -> dict[str, Any]:
-        return self._call("POST", "/v1/checkpoint/commit", timeout=60)
+    def commit(self, keep_images: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/v1/checkpoint/commit", json={"keep_images": keep_images})
+
+    def discard_images(self) -> dict[str, Any]:
+        return self._call("DELETE", "/v1/checkpoint")
+
+    def mount_storage(
+        self, job_id: str, storage: JobStorage, timeout: float = 900
+    ) -> dict[str, Any]:
+        body = {"job_id": job_id, "storage": storage.to_dict()}
+        return self._call("POST", "/v1/storage/mount", json=body, timeout=timeout)
+
+    def release_storage(
+        self, job_id: str, storage: JobStorage, timeout: float = 900
+    ) -> dict[str, Any]:
+        body = {"job_id": job_id, "storage": storage.to_dict()}
+        return self._call("POST", "/v1/storage/release", json=body, timeout=timeout)
 
     def prepare_receive(self, page_server: bool = True) -> dict[str, Any]:
         return self._call("POST", "/v1/receive", json={"page_server": page_server})

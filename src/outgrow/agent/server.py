@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from outgrow import __version__
 from outgrow.agent.runtime import JobLaunch
 from outgrow.agent.service import Agent, image_spec_from
+from outgrow.domain.storage import JobStorage
 from outgrow.errors import (
     AuthError,
     ConflictError,
@@ -62,6 +63,7 @@ class CheckpointBody(BaseModel):
     receive_id: str | None = None
     page_server_port: int | None = None
     dest_dir: str | None = None
+    dest_url: str | None = Field(None, pattern=r"^s3://[^/]+/.+")
 
 
 class ReceiveBody(BaseModel):
@@ -76,6 +78,24 @@ class ReclaimBody(BaseModel):
 class RestoreBody(BaseModel):
     receive_id: str | None = None
     source_dir: str | None = None
+    source_url: str | None = Field(None, pattern=r"^s3://[^/]+/.+")
+    local_checkpoint: bool = False
+
+
+class CommitBody(BaseModel):
+    keep_images: bool = False
+
+
+class StorageBody(BaseModel):
+    job_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
+    storage: dict[str, str]
+
+
+def _storage(d: dict[str, str]) -> JobStorage:
+    try:
+        return JobStorage.from_dict(d)
+    except ValueError as exc:
+        raise ValidationError(f"bad storage kind {d.get('kind')!r}", field="storage") from exc
 
 
 def create_app(agent: Agent, token: str) -> FastAPI:
@@ -157,8 +177,21 @@ def create_app(agent: Agent, token: str) -> FastAPI:
         return agent.abort()
 
     @app.post("/v1/checkpoint/commit", dependencies=deps)
-    def commit() -> dict[str, Any]:
-        return agent.commit()
+    def commit(body: CommitBody | None = None) -> dict[str, Any]:
+        return agent.commit(keep_images=body.keep_images if body else False)
+
+    @app.delete("/v1/checkpoint", dependencies=deps)
+    def discard() -> dict[str, Any]:
+        agent.discard_images()
+        return {"ok": True}
+
+    @app.post("/v1/storage/mount", dependencies=deps)
+    def mount(body: StorageBody) -> dict[str, Any]:
+        return agent.mount_storage(body.job_id, _storage(body.storage))
+
+    @app.post("/v1/storage/release", dependencies=deps)
+    def release(body: StorageBody) -> dict[str, Any]:
+        return agent.release_storage(body.job_id, _storage(body.storage))
 
     @app.post("/v1/receive", dependencies=deps)
     def receive(body: ReceiveBody) -> dict[str, Any]:

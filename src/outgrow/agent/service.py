@@ -28,6 +28,7 @@ import httpx
 from outgrow.agent.cgroups import Cgroup, detect
 from outgrow.agent.checkpoint import Criu, images_size
 from outgrow.agent.images import BUILTIN_IMAGES, ImageCache, ImageSpec
+from outgrow.agent.jobstorage import mount_job_dir, release_job_dir
 from outgrow.agent.runtime import (
     JUPYTER_KINDS,
     JobDirs,
@@ -41,17 +42,20 @@ from outgrow.agent.runtime import (
     wait_gone,
 )
 from outgrow.domain.security import PAGE_SERVER_PORTS
+from outgrow.domain.storage import JobStorage
 from outgrow.errors import (
     CheckpointError,
     ConflictError,
     NotFoundError,
     OutgrowError,
     RuntimeFailure,
+    StorageError,
 )
 
 log = logging.getLogger("outgrow.agent")
 MIB = 1024**2
 METRICS_KEEP = 3600  # one hour of 1 s samples
+LIVE_PHASES = ("preparing", "starting", "running", "checkpointed")
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class Agent:
         self._last_cpu: tuple[float, int] | None = None
         self._stop = threading.Event()
         self._reclaim_at: float | None = None
+        self._reclaim_source = ""
         self._lock_table = f"og-move-{cfg.instance_id}"
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
         self._adopt()
@@ -171,7 +176,7 @@ class Agent:
         moves the job before the deadline."""
         at = time.time() + max(in_s, 0.0)
         if self._reclaim_at is None or at < self._reclaim_at:
-            self._reclaim_at = at
+            self._reclaim_at, self._reclaim_source = at, source
             log.warning(
                 "reclaim notice (%s): instance %s goes away in %.0f s",
                 source,
@@ -297,6 +302,7 @@ class Agent:
                 "started_at": job.process.started_at if job.process else None,
                 "oom_stalled": job.oom_stalled_at is not None,
                 "reclaim_at": self._reclaim_at,
+                "reclaim_source": self._reclaim_source,
                 "restored": job.restored,
                 "image_progress": list(self._image_progress)[-10:],
                 "image_progress_total": self._image_progress_total,
@@ -479,10 +485,12 @@ class Agent:
         receive_id: str | None,
         page_server_port: int | None,
         dest_dir: str | None,
+        dest_url: str | None = None,
     ) -> dict[str, Any]:
         """Freeze, dump (pages streamed to the target's page server when given), send the
-        remaining images to the target (or write them to dest_dir). The tree is left
-        frozen: commit() kills it, abort() resumes it."""
+        remaining images to the target (or write them to dest_dir, or upload them to
+        ``dest_url``, an s3:// URL). The tree is left frozen: commit() kills it, abort()
+        resumes it — so a failed upload loses nothing."""
         with self._lock:
             job = self._require_job("running", "starting")
             assert job.process is not None
@@ -517,6 +525,11 @@ class Agent:
                         for p in sorted(ckpt.iterdir()):
                             if p.is_file():
                                 peer.upload(receive_id, p)
+                elif dest_url:
+                    # boto3 is optional (outgrow[aws]): imported only for S3 checkpoints.
+                    from outgrow.providers.aws.storage import upload_url
+
+                    upload_url(ckpt, dest_url)
                 transfer_s = time.monotonic() - t_x
             except BaseException:
                 self._resume_after_failure()
@@ -552,8 +565,11 @@ class Agent:
             self._save()
             return self.job_status()
 
-    def commit(self) -> dict[str, Any]:
-        """The target restored the job: end the stopped copy here."""
+    def commit(self, keep_images: bool = False) -> dict[str, Any]:
+        """The target restored the job: end the stopped copy here. ``keep_images``: keep
+        the local checkpoint so the job can be restored here again if the move fails
+        after this point (jobs whose storage moves: the tree must end before its
+        directory can be released)."""
         with self._lock:
             job = self._require_job("checkpointed")
             pids = self.cgroup.procs()
@@ -571,9 +587,36 @@ class Agent:
             ckpt = self.cfg.work_dir / "checkpoint"
             if (ckpt / "dump.log").exists():  # kept for post-mortems; the images are not
                 shutil.copy(ckpt / "dump.log", self.cfg.work_dir / "last-dump.log")
-            shutil.rmtree(ckpt, ignore_errors=True)
+            if not keep_images:
+                shutil.rmtree(ckpt, ignore_errors=True)
             self._save()
             return self.job_status()
+
+    def discard_images(self) -> None:
+        """Drop a checkpoint kept by commit(keep_images=True)."""
+        with self._lock:
+            shutil.rmtree(self.cfg.work_dir / "checkpoint", ignore_errors=True)
+
+    # ---- job storage: the job directory arrives and leaves with the job --------------
+    def mount_storage(self, job_id: str, storage: JobStorage) -> dict[str, Any]:
+        with self._lock:
+            self._check_storage_free(job_id, "mount")
+            return mount_job_dir(storage, self.dirs_for(job_id).root)
+
+    def release_storage(self, job_id: str, storage: JobStorage) -> dict[str, Any]:
+        with self._lock:
+            self._check_storage_free(job_id, "release")
+            return release_job_dir(storage, self.dirs_for(job_id).root)
+
+    def _check_storage_free(self, job_id: str, what: str) -> None:
+        if "/" in job_id or job_id in ("", ".", ".."):
+            raise StorageError(f"bad job id {job_id!r}")
+        self._refresh()
+        job = self._job
+        if job and job.launch.job_id == job_id and job.phase in LIVE_PHASES:
+            raise ConflictError(
+                f"cannot {what} the storage of job {job_id}: it is {job.phase} here"
+            )
 
     @staticmethod
     def _reap_wait(pid: int, timeout: float) -> None:
@@ -624,7 +667,28 @@ class Agent:
                 rec.page_server.wait()
             shutil.rmtree(rec.dir, ignore_errors=True)
 
-    def restore(self, *, receive_id: str | None, source_dir: str | None) -> dict[str, Any]:
+    def restore(
+        self,
+        *,
+        receive_id: str | None,
+        source_dir: str | None,
+        source_url: str | None = None,
+        local_checkpoint: bool = False,
+    ) -> dict[str, Any]:
+        """Restore from a receive (a migration), a directory (a suspend on this host), an
+        s3:// URL (a suspend on a cloud) or this instance's own kept checkpoint (the
+        rollback of a move whose storage had already left)."""
+        if source_url:
+            from outgrow.providers.aws.storage import download_url
+
+            tmp = self.cfg.work_dir / f"download-{secrets.token_hex(4)}"
+            try:
+                download_url(source_url, tmp)
+                return self.restore(receive_id=None, source_dir=str(tmp))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if local_checkpoint:
+            source_dir = str(self.cfg.work_dir / "checkpoint")
         with self._lock:
             if receive_id:
                 rec = self._receives.get(receive_id)

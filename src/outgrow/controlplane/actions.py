@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from outgrow.agent.images import BUILTIN_IMAGES, ImageSpec
+from outgrow.controlplane import jobdirs
 from outgrow.domain.instance_types import InstanceType
 from outgrow.domain.policy import parse_cpu_range, parse_mem_range
 from outgrow.domain.states import JobState as S
 from outgrow.domain.states import is_terminal
-from outgrow.errors import CapacityError, NotFoundError, OutgrowError
+from outgrow.errors import CapacityError, JobLostError, NotFoundError, OutgrowError
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.base import InstanceInfo
 from outgrow.store import InstanceRecord, JobRecord
@@ -191,10 +192,12 @@ def start(cp: ControlPlane, job_id: str) -> None:
         f"instance {inst.id} ({itype.name}, {itype.describe()}) at {inst.address}",
     )
     try:
+        jobdirs.mount(cp, job_id, inst)
         with agent(inst) as a:
             a.start_job(agent_body(cp, job, image))
         st = wait_job(inst, phases=("running", "exited", "failed"), timeout=600)
     except OutgrowError as exc:
+        jobdirs.release_quietly(cp, job_id, inst, keep_logs=True)
         end_instance(cp, inst.id, "failed")
         cp.store.update_job(job_id, current_instance_id=None)
         if cp.job(job_id).status == S.STARTING:
@@ -236,6 +239,16 @@ def migrate(
         record_instance(cp, job_id, target_inst, status="starting")
         cp.before_checkpoint(job_id)
         result = cp.migrator.migrate(source, target=target_inst, reason=reason, delete_source=False)
+    except JobLostError as exc:
+        if "target_inst" in locals():
+            end_instance(cp, target_inst.id, "failed")
+        end_instance(cp, source.id, "failed")
+        cp.store.update_job(job_id, current_instance_id=None)
+        cp.store.set_status(job_id, S.FAIL_TO_COMPLETE, str(exc))
+        jobdirs.delete(cp, job_id)
+        release_security_group(cp, job_id)
+        cp.after_move(job_id)
+        return
     except OutgrowError as exc:
         if "target_inst" in locals():
             end_instance(cp, target_inst.id, "failed")
@@ -256,7 +269,15 @@ def migrate(
         checkpoint_bytes=result.checkpoint_bytes,
         timings={
             k: getattr(result, k)
-            for k in ("freeze_s", "dump_s", "transfer_s", "restore_s", "total_s", "create_target_s")
+            for k in (
+                "freeze_s",
+                "dump_s",
+                "transfer_s",
+                "storage_s",
+                "restore_s",
+                "total_s",
+                "create_target_s",
+            )
         },
         source_instance=source.id,
         target_instance=target_inst.id,
@@ -271,7 +292,18 @@ def checkpoint_dir(cp: ControlPlane, job_id: str) -> Path:
     return cp.data_dir / "checkpoints" / job_id / secrets.token_hex(4)
 
 
-def suspend(cp: ControlPlane, job_id: str, reason: str) -> None:
+def drop_checkpoint(cp: ControlPlane, where: str) -> None:
+    """Delete a suspend checkpoint: an s3:// URL (through the provider) or a directory."""
+    if where.startswith("s3://"):
+        try:
+            cp.provider.delete_checkpoint(where)
+        except OutgrowError as exc:
+            log.error("deleting checkpoint %s: %s", where, exc)
+    else:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def suspend(cp: ControlPlane, job_id: str, reason: str, ended: str = "released") -> None:
     job = cp.job(job_id)
     if job.status != S.EXECUTING or job.current_instance_id is None:
         return
@@ -282,9 +314,13 @@ def suspend(cp: ControlPlane, job_id: str, reason: str) -> None:
     cp.drop_warm(job_id)  # a suspended job holds no instance, warm or not
     cp.before_checkpoint(job_id)
     dest = checkpoint_dir(cp, job_id)
+    # On a cloud the checkpoint goes to object storage (the instance goes away); on the
+    # local provider to the control plane's data dir, which the agents share.
+    url: str | None = None
     try:
+        url = cp.provider.checkpoint_url(job_id, dest.name)
         with agent(inst) as a:
-            ck = a.checkpoint(dest_dir=str(dest))
+            ck = a.checkpoint(dest_url=url) if url else a.checkpoint(dest_dir=str(dest))
             a.commit()
     except OutgrowError as exc:
         with agent(inst) as a, contextlib.suppress(OutgrowError):
@@ -293,8 +329,9 @@ def suspend(cp: ControlPlane, job_id: str, reason: str) -> None:
         cp.store.set_status(job_id, S.EXECUTING, f"suspend failed, job kept running: {exc}")
         cp.after_move(job_id)
         return
-    end_instance(cp, inst.id, "released")
-    cp.store.update_job(job_id, current_instance_id=None, checkpoint_dir=str(dest))
+    jobdirs.release_quietly(cp, job_id, inst, keep_logs=True)
+    end_instance(cp, inst.id, ended)
+    cp.store.update_job(job_id, current_instance_id=None, checkpoint_dir=url or str(dest))
     cp.store.add_event(
         job_id,
         "info",
@@ -305,30 +342,43 @@ def suspend(cp: ControlPlane, job_id: str, reason: str) -> None:
     cp.after_move(job_id)
 
 
-def resume(cp: ControlPlane, job_id: str, reason: str) -> None:
+def resume(
+    cp: ControlPlane,
+    job_id: str,
+    reason: str,
+    itype: InstanceType | None = None,
+    spot: bool | None = None,
+) -> None:
     job = cp.job(job_id)
     if job.status != S.SUSPENDED or not job.checkpoint_dir:
         return
     cp.store.set_status(job_id, S.RESUMING, reason)
-    # Resume on the size the job had when it was suspended (its last released instance).
-    released = [r for r in cp.store.instances(job_id) if r.status == "released"]
-    itype = cp.catalog.get(released[-1].type) if released else initial_type(cp, job)
+    if itype is None:
+        # The size the job had when it was suspended (its last released instance).
+        released = [r for r in cp.store.instances(job_id) if r.status == "released"]
+        itype = cp.catalog.get(released[-1].type) if released else initial_type(cp, job)
     try:
-        inst = create_instance(cp, job, itype)
+        inst = create_instance(cp, job, itype, spot=spot)
     except OutgrowError as exc:
         cp.store.set_status(job_id, S.SUSPENDED, f"resume failed: {exc}")
         cp.after_move(job_id)
         return
     record_instance(cp, job_id, inst)
+    ckpt = job.checkpoint_dir
     try:
+        jobdirs.mount(cp, job_id, inst)
         with agent(inst) as a:
-            a.restore(source_dir=job.checkpoint_dir)
+            if ckpt.startswith("s3://"):
+                a.restore(source_url=ckpt)
+            else:
+                a.restore(source_dir=ckpt)
     except OutgrowError as exc:
+        jobdirs.release_quietly(cp, job_id, inst, keep_logs=False)
         end_instance(cp, inst.id, "failed")
         cp.store.set_status(job_id, S.SUSPENDED, f"resume failed, checkpoint kept: {exc}")
         cp.after_move(job_id)
         return
-    shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+    drop_checkpoint(cp, ckpt)
     cp.store.update_job(
         job_id, current_instance_id=inst.id, checkpoint_dir=None, last_migration_at=time.time()
     )
@@ -338,15 +388,29 @@ def resume(cp: ControlPlane, job_id: str, reason: str) -> None:
     cp.after_move(job_id)
 
 
+def evacuate(cp: ControlPlane, job_id: str, target: InstanceType, reason: str) -> None:
+    """A spot reclaim with no time to create a target first: checkpoint at once (the
+    instance may go any second), then restore on a new instance — on-demand unless the
+    job is spotOnly."""
+    cp.store.add_event(
+        job_id, "info", f"{reason}: too little time to create a target, checkpointing now"
+    )
+    suspend(cp, job_id, reason, ended="reclaimed")
+    if cp.job(job_id).status == S.SUSPENDED:
+        spot = cp.job(job_id).spec.vm().mode == "spotOnly"
+        resume(cp, job_id, f"restoring after {reason}", itype=target, spot=spot)
+
+
 def cancel(cp: ControlPlane, job_id: str, reason: str) -> None:
     job = cp.job(job_id)
     if is_terminal(job.status):  # it ended on its own while the cancel waited its turn
         return
     if job.status in (S.SUBMITTED, S.SUSPENDED, S.NO_AVAILABLE_HOST):
         if job.checkpoint_dir:
-            shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+            drop_checkpoint(cp, job.checkpoint_dir)
             cp.store.update_job(job_id, checkpoint_dir=None)
         cp.store.set_status(job_id, S.CANCELLED, reason)
+        jobdirs.delete(cp, job_id)
         release_security_group(cp, job_id)
         return
     if job.status != S.CANCELLING:
@@ -358,11 +422,14 @@ def cancel(cp: ControlPlane, job_id: str, reason: str) -> None:
                 if inst is not None:
                     with agent(inst) as a:
                         a.stop_job(grace_s=3)
+                    if rec.id == job.current_instance_id:
+                        jobdirs.release_quietly(cp, job_id, inst, keep_logs=True)
             except OutgrowError as exc:
                 log.warning("stopping job %s on %s: %s", job_id, rec.id, exc)
             end_instance(cp, rec.id, "released")
     cp.store.update_job(job_id, current_instance_id=None)
     cp.store.set_status(job_id, S.CANCELLED, reason)
+    jobdirs.delete(cp, job_id)
     release_security_group(cp, job_id)
 
 
@@ -379,8 +446,12 @@ def finish(cp: ControlPlane, job_id: str, phase: str, exit_code: int | None, msg
     job = cp.job(job_id)
     cp.drop_warm(job_id)
     if job.current_instance_id:
+        inst = cp.provider.describe_instance(job.current_instance_id)
+        if inst is not None:
+            jobdirs.release_quietly(cp, job_id, inst, keep_logs=True)
         end_instance(cp, job.current_instance_id, "released")
     cp.store.update_job(job_id, current_instance_id=None, exit_code=exit_code)
     state = S.COMPLETED if phase == "exited" and exit_code == 0 else S.FAIL_TO_COMPLETE
     cp.store.set_status(job_id, state, msg or phase)
+    jobdirs.delete(cp, job_id)
     release_security_group(cp, job_id)

@@ -108,7 +108,9 @@ class Scheduler(threading.Thread):
                 self._last_metrics_poll[rec.id] = now
                 m = a.metrics(since=self._last_t.get(rec.id, 0.0))
                 self._ingest(rec, inst.id, m["samples"], m.get("now"), bool(st.get("oom_stalled")))
-        self._decide(rec, inst, reclaim=st.get("reclaim_at") is not None)
+        self._decide(
+            rec, inst, reclaim=st.get("reclaim_at") is not None, reclaim_at=st.get("reclaim_at")
+        )
 
     def _ingest(
         self,
@@ -143,7 +145,9 @@ class Scheduler(threading.Thread):
             # The agent noticed the stall between its 1 s samples: decide on it now.
             window.append(_sample({**now_sample, "oom_stalled": True}))
 
-    def _decide(self, rec: JobRecord, inst: Any, reclaim: bool = False) -> None:
+    def _decide(
+        self, rec: JobRecord, inst: Any, reclaim: bool = False, reclaim_at: float | None = None
+    ) -> None:
         window = self._windows.get(rec.id)
         if not window:
             if not reclaim:
@@ -178,6 +182,9 @@ class Scheduler(threading.Thread):
         d = evaluate(ctx, list(window))
         if d.action in ("grow", "shrink", "migrate") and d.target is not None:
             self._windows.pop(rec.id, None)  # a new instance starts a new window
+            if d.rule == "reclaim" and reclaim_at is not None and self._too_short(rec, reclaim_at):
+                self.cp.run_action(rec.id, actions.evacuate, d.target, d.reason)
+                return
             self.cp.run_action(
                 rec.id, actions.migrate, d.target, d.reason, "migration", d.rule == "reclaim"
             )
@@ -185,6 +192,13 @@ class Scheduler(threading.Thread):
             self.cp.run_action(rec.id, actions.suspend, d.reason)
         elif d.action == "prepare" and d.target is not None:
             self._prepare(rec, d.target, d.reason)
+
+    def _too_short(self, rec: JobRecord, reclaim_at: float) -> bool:
+        """No time to create a target before the instance goes (and none is warm)."""
+        if self.cp.warm_type(rec.id) is not None:
+            return False
+        estimate = float(self.cp.provider.create_estimate_s)
+        return reclaim_at - time.time() < estimate
 
     def _prepare(self, rec: JobRecord, target: Any, reason: str) -> None:
         """Pre-create the next size up so the move finds it warm."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from outgrow import __version__
 from outgrow.agent.images import BUILTIN_IMAGES, ImageSpec, parse_pip_spec
-from outgrow.controlplane import actions
+from outgrow.controlplane import actions, jobdirs
 from outgrow.domain.jobs import (
     EventView,
     ImageView,
@@ -465,8 +465,15 @@ class ControlPlane:
         if offset < 0:
             raise ValidationError("offset must be >= 0", field="offset")
         # The job directory is on this host for the local provider: read it directly so
-        # logs survive the instance (finished, suspended, moved jobs).
+        # logs survive the instance (finished, suspended, moved jobs). Where it is not
+        # (a cloud), ask the job's agent; jobdirs keeps the logs here once the job ends.
         path = self.data_dir / "jobs" / rec.id / "logs" / f"{stream}.log"
+        if not path.exists():
+            inst = self.provider.describe_instance(rec.current_instance_id or "")
+            if inst is not None:
+                with agent(inst) as a:
+                    return a.logs(stream, offset)
+            path = jobdirs.archived_log(self.data_dir, rec.id, stream)
         try:
             with path.open("rb") as f:
                 size = f.seek(0, 2)

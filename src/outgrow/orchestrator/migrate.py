@@ -5,6 +5,15 @@ source freezes, dumps (pages stream to the target), sends the other images
 target restores in its netns + cgroup and checks the job answers
 only then: source kills its stopped copy and the source instance is deleted
 any failure before that: source resumes (nothing lost), target is discarded
+
+When the job's directory is not shared between instances (a volume or an S3-synced
+directory, see domain/storage.py) the tree must end before its directory can leave:
+
+source dumps (copy mode: the source keeps its images), images go to the target
+source kills the tree, keeps its images; releases the directory (unmount / upload)
+provider moves the storage (detach / attach); the target mounts it and restores
+any failure after the kill: the storage comes back and the job is restored on the
+source from its kept images (the job keeps running where it was, after a pause)
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from outgrow.agent.client import AgentClient
-from outgrow.errors import MigrationError, OutgrowError, ProviderError
+from outgrow.domain.storage import JobStorage, StorageKind
+from outgrow.errors import JobLostError, MigrationError, OutgrowError, ProviderError
 from outgrow.providers.base import InstanceInfo, Provider
 
 log = logging.getLogger("outgrow.migrate")
@@ -42,6 +52,7 @@ class MigrationResult:
     checkpoint_bytes: int
     rss_bytes: int
     mem_used_bytes: int
+    storage_s: float = 0.0  # releasing, moving and mounting the job directory (in downtime)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,11 +102,17 @@ class Migrator:
                 created = True
             create_s = time.monotonic() - t_all
             try:
-                result = self._move(src, source, target, job_id, reason, transfer, step)
+                storage = self.provider.attach_job_storage(job_id, source)
+                if storage.kind == StorageKind.SHARED:
+                    result = self._move(src, source, target, job_id, reason, transfer, step)
+                else:
+                    result = self._move_with_storage(
+                        src, source, target, job_id, reason, storage, step
+                    )
             except BaseException as exc:
                 if created:  # also on Ctrl-C: a target we made must not leak
                     self._discard(target)
-                if not isinstance(exc, OutgrowError):
+                if not isinstance(exc, OutgrowError) or isinstance(exc, JobLostError):
                     raise
                 raise MigrationError(
                     f"migration of job {job_id} failed, the job keeps running on "
@@ -155,29 +172,118 @@ class Migrator:
                 OutgrowError
             ) as exc:  # the target runs the job; the source copy is killed on delete
                 log.error("commit on %s failed: %s", source.id, exc)
-        return {
-            "job_id": job_id,
-            "reason": reason,
-            "source_instance": source.id,
-            "target_instance": target.id,
-            "from_type": source.type.name,
-            "to_type": target.type.name,
-            "transfer": transfer,
-            "freeze_s": ck["freeze_s"],
-            "dump_s": ck["dump_s"],
-            "transfer_s": ck["transfer_s"],
-            "restore_s": rs["restore_s"],
-            "downtime_s": round(downtime, 4),
-            "checkpoint_bytes": int(rs.get("images_bytes") or ck["local_bytes"]),
-            "rss_bytes": ck["rss_bytes"],
-            "mem_used_bytes": ck["mem_used_bytes"],
-        }
+        return _result(job_id, reason, source, target, transfer, ck, rs, downtime)
+
+    def _move_with_storage(
+        self,
+        src: AgentClient,
+        source: InstanceInfo,
+        target: InstanceInfo,
+        job_id: str,
+        reason: str,
+        storage: JobStorage,
+        step: Callable[[str], None],
+    ) -> dict[str, Any]:
+        with agent(target) as dst:
+            rx = dst.prepare_receive(page_server=False)  # the source must keep its pages
+            step("checkpointing")
+            t_down = time.monotonic()
+            try:
+                ck = src.checkpoint(
+                    target_url=target.agent_url,
+                    target_token=target.agent_token,
+                    receive_id=rx["receive_id"],
+                )
+                src.commit(keep_images=True)
+            except OutgrowError:
+                _quietly(lambda: dst.drop_receive(rx["receive_id"]))
+                _quietly(src.abort)
+                raise
+            t_s = time.monotonic()
+            moved: JobStorage | None = None
+            try:
+                step(f"moving the job directory ({storage.kind.value})")
+                src.release_storage(job_id, storage)
+                self.provider.detach_job_storage(job_id, source)
+                moved = self.provider.attach_job_storage(job_id, target)
+                dst.mount_storage(job_id, moved)
+                storage_s = time.monotonic() - t_s
+                step("restoring on the target")
+                rs = dst.restore(receive_id=rx["receive_id"])
+            except OutgrowError as exc:
+                self._restore_on_source(src, dst, source, target, job_id, moved, step, exc)
+                raise
+            downtime = time.monotonic() - t_down
+            _quietly(src.discard_images)
+        return _result(job_id, reason, source, target, "copy", ck, rs, downtime, storage_s)
+
+    def _restore_on_source(
+        self,
+        src: AgentClient,
+        dst: AgentClient,
+        source: InstanceInfo,
+        target: InstanceInfo,
+        job_id: str,
+        moved: JobStorage | None,
+        step: Callable[[str], None],
+        cause: OutgrowError,
+    ) -> None:
+        """The tree on the source has ended: bring the storage back and restore the job
+        from the images the source kept. Only if that fails too is the job lost."""
+        step(f"move failed ({cause}); restoring the job on the source")
+        try:
+            if moved is not None:
+                _quietly(lambda: dst.release_storage(job_id, moved))
+            self.provider.detach_job_storage(job_id, target)
+            back = self.provider.attach_job_storage(job_id, source)
+            src.mount_storage(job_id, back)
+            src.restore(local_checkpoint=True)
+            _quietly(src.discard_images)
+        except OutgrowError as exc:
+            log.error("job %s could not be restored on %s: %s", job_id, source.id, exc)
+            raise JobLostError(
+                f"migration of job {job_id} failed ({cause}) and restoring it on the "
+                f"source {source.id} failed too: {exc}",
+                detail=exc.detail,
+            ) from exc
 
     def _discard(self, target: InstanceInfo) -> None:
         try:
             self.provider.delete_instance(target.id)
         except OutgrowError as exc:
             log.error("could not delete target instance %s: %s", target.id, exc)
+
+
+def _result(
+    job_id: str,
+    reason: str,
+    source: InstanceInfo,
+    target: InstanceInfo,
+    transfer: str,
+    ck: dict[str, Any],
+    rs: dict[str, Any],
+    downtime: float,
+    storage_s: float = 0.0,
+) -> dict[str, Any]:
+    """MigrationResult's fields from the agents' checkpoint and restore answers."""
+    return {
+        "job_id": job_id,
+        "reason": reason,
+        "source_instance": source.id,
+        "target_instance": target.id,
+        "from_type": source.type.name,
+        "to_type": target.type.name,
+        "transfer": transfer,
+        "freeze_s": ck["freeze_s"],
+        "dump_s": ck["dump_s"],
+        "transfer_s": ck["transfer_s"],
+        "restore_s": rs["restore_s"],
+        "downtime_s": round(downtime, 4),
+        "storage_s": round(storage_s, 4),
+        "checkpoint_bytes": int(rs.get("images_bytes") or ck["local_bytes"]),
+        "rss_bytes": ck["rss_bytes"],
+        "mem_used_bytes": ck["mem_used_bytes"],
+    }
 
 
 def _quietly(fn: Callable[[], object]) -> None:

@@ -16,6 +16,7 @@ from typing import ClassVar
 from outgrow.agent.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import SecurityGroup
+from outgrow.domain.storage import JobStorage, StorageKind  # noqa: F401 (re-exported)
 from outgrow.errors import ConfigError, ProviderError
 from outgrow.settings import Settings
 
@@ -44,6 +45,10 @@ class InstanceInfo:
 class Provider(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]]
+    # Typical seconds from create_instance to an answering agent. A spot reclaim notice
+    # shorter than this checkpoints the job at once and restores it on a new instance
+    # (instead of creating the target first while the job runs).
+    create_estimate_s: ClassVar[float] = 60.0
 
     @abstractmethod
     def instance_types(self) -> Catalog: ...
@@ -84,6 +89,31 @@ class Provider(ABC):
     def enforce_reclaims(self) -> list[str]:
         """Take away instances whose reclaim deadline passed (simulating providers only)."""
         return []
+
+    # ---- job storage: where a job's directory lives while it moves --------------------
+    def attach_job_storage(self, job_id: str, instance: InstanceInfo) -> JobStorage:
+        """Make the job's storage reachable from ``instance`` (creating it on first use)
+        and say how its agent mounts it. Default: shared, nothing to move."""
+        return JobStorage()
+
+    def detach_job_storage(self, job_id: str, instance: InstanceInfo) -> None:
+        """Take the job's storage away from ``instance`` once its agent released it
+        (unmounted or uploaded); idempotent. Default: nothing to do."""
+        return None
+
+    def delete_job_storage(self, job_id: str) -> None:
+        """The job ended: delete its storage (volume, objects); idempotent."""
+        return None
+
+    def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str | None:
+        """Where a suspended job's checkpoint is kept: an ``s3://`` URL the agent uploads
+        to, or None for a directory in the control plane's data dir (instances on the
+        control plane's host)."""
+        return None
+
+    def delete_checkpoint(self, url: str) -> None:
+        """Delete a checkpoint kept at ``url`` (from checkpoint_url); idempotent."""
+        return None
 
     def delete_security_group(self, job_id: str) -> None:
         """Remove the job's security group once the job has ended (providers whose

@@ -1,24 +1,28 @@
 """The aws provider: instances are EC2 instances running one outgrow agent each.
 
 Same contract as the local provider (``providers/base.py``); only how instances are made
-differs. Everything outgrow creates carries the tags ``outgrow:cluster`` (this control
-plane), ``outgrow:instance`` (outgrow's id of the instance) and, for a job's instances
-and security group, ``outgrow:job`` — and is found again by those tags, so a restarted
-control plane sees the same instances (:meth:`AwsProvider.list_instances`) and delete is
-idempotent. The agent token is derived (HMAC-SHA256) from a key in the control plane's
-data directory and the instance id, so it is never stored in AWS tags yet survives a
-restart of the control plane.
+differs. Everything outgrow creates is tagged and found again by its tags (``tags.py``),
+so a restarted control plane sees the same instances (:meth:`AwsProvider.list_instances`)
+and delete is idempotent. :class:`AwsProvider` is the public face; the parts live beside
+it:
+
+* ``account.py`` — settings, adaptor, region, the subnet/VPC and the AMI (resolved once);
+* ``catalog.py`` — instance types with on-demand (``prices.py``) and spot prices;
+* ``secgroups.py`` — the job's security group (rules from ``groups.py``) and the base one;
+* ``launch.py`` — agent token, agent install, user-data (``userdata.py``), RunInstances;
+* ``volumes.py`` — a job's EBS volume, moved from instance to instance;
+* ``storage.py`` — checkpoints and job directories in S3 (URLs handed to the agent).
 
 Creating an instance (:meth:`AwsProvider.create_instance`):
 
 1. the job's security group ``outgrow-sg-<job>`` is created or reused and its rules made
-   to match the job's (``groups.py``); every instance of the job gets the same group, so
-   the rules follow the job to the new instance on a migration;
+   to match the job's; every instance of the job gets the same group, so the rules follow
+   the job to the new instance on a migration;
 2. RunInstances: the AMI (``ami_id`` or the SSM parameter), the subnet, IMDSv2 required
    (``HttpTokens=required``, hop limit 1), an encrypted gp3 root volume deleted with the
    instance, on-demand or spot (one-time, terminate on interruption) as asked, the tags on
-   the instance and its volume, and the cloud-init user-data (``userdata.py``) that
-   installs the agent and CRIU and starts the agent with its token;
+   the instance and its volume, and the cloud-init user-data that installs the agent and
+   CRIU and starts the agent with its token;
 3. the agent's health is awaited (``agent_health_timeout_s``); on timeout, or when the
    instance dies while booting, it is terminated and a ProviderError says why (the
    console output's tail in the detail).
@@ -26,77 +30,76 @@ Creating an instance (:meth:`AwsProvider.create_instance`):
 Capacity answers (InsufficientInstanceCapacity, SpotMaxPriceTooLow,
 MaxSpotInstanceCountExceeded …) become CapacityError: the control plane then falls back
 from spot to on-demand (vmPolicy spotFirst) and retries per retryLimit/retryInterval.
+
+Job storage (``OUTGROW_AWS_JOB_STORAGE``): ``ebs`` — the job directory is on the job's
+own EBS volume, detached from the source and attached to the target of a move
+(``volumes.py``); ``s3`` — it travels as a tar in the bucket (any AZ). Either way it
+outlives instances: :meth:`delete_instance` and :meth:`cleanup` never delete it,
+:meth:`delete_job_storage` (the job ended) and :meth:`teardown` do. Suspend checkpoints
+are kept in S3 (:meth:`checkpoint_url`). Job directories are not shared between
+instances, so the provider does not declare ``Capability.SHARED_JOB_STORAGE``.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
 import secrets
-import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from outgrow import __version__
 from outgrow.agent.client import AgentClient
-from outgrow.domain.instance_types import Catalog, InstanceType, sort_types
+from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
-from outgrow.errors import (
-    AgentError,
-    ConfigError,
-    NotFoundError,
-    OutgrowError,
-    ProviderError,
-)
-from outgrow.providers.aws import groups
-from outgrow.providers.aws.adaptor import AwsAdaptor, error_code, retry
-from outgrow.providers.aws.criu_script import INSTALL_CRIU_SH
+from outgrow.domain.storage import JobStorage, StorageKind
+from outgrow.errors import AgentError, ConfigError, NotFoundError, OutgrowError, ProviderError
+from outgrow.providers.aws import groups, launch
+from outgrow.providers.aws.account import Account
+from outgrow.providers.aws.adaptor import AwsAdaptor
+from outgrow.providers.aws.catalog import InstanceCatalog
 from outgrow.providers.aws.prices import PriceTable, load_price_table
+from outgrow.providers.aws.secgroups import SecurityGroups, sg_name
 from outgrow.providers.aws.settings import AwsSettings
-from outgrow.providers.aws.userdata import AgentInstall, UserDataSpec, render
+from outgrow.providers.aws.storage import CheckpointStore, delete_url, parse_url, url_of
+from outgrow.providers.aws.tags import (
+    KIND_JOB_VOLUME,
+    LIVE_STATES,
+    NOT_GONE,
+    STATE_MAP,
+    TAG_CLUSTER,
+    TAG_EC2_ID,
+    TAG_INSTANCE,
+    TAG_JOB,
+    TAG_KIND,
+    tag_dict,
+)
+from outgrow.providers.aws.volumes import JobVolumes
 from outgrow.providers.base import Capability, InstanceInfo, Provider
 from outgrow.settings import Settings
 
+__all__ = [
+    "TAG_CLUSTER",
+    "TAG_EC2_ID",
+    "TAG_INSTANCE",
+    "TAG_JOB",
+    "TAG_KIND",
+    "AwsProvider",
+    "sg_name",
+]
+
 log = logging.getLogger("outgrow.provider.aws")
 
-TAG_CLUSTER = "outgrow:cluster"
-TAG_INSTANCE = "outgrow:instance"
-TAG_JOB = "outgrow:job"
-TAG_EC2_ID = "ec2:instance-id"  # added to InstanceInfo.tags (not an AWS tag)
-LIVE_STATES = ("pending", "running", "stopping", "stopped")
-NOT_GONE = (*LIVE_STATES, "shutting-down")
-STATE_MAP = {
-    "pending": "running",
-    "running": "running",
-    "stopping": "unhealthy",
-    "stopped": "unhealthy",
-    "shutting-down": "gone",
-    "terminated": "gone",
-}
-SPOT_PRODUCTS = ["Linux/UNIX (Amazon VPC)", "Linux/UNIX"]
-CATALOG_TTL_S = 600.0
-CHUNK = 100
-
-
-def _chunks(items: list[str], n: int = CHUNK) -> Iterable[list[str]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
-def sg_name(job_id: str) -> str:
-    return f"outgrow-sg-{job_id}"
+JOBDIR_OBJECT = "workspace"  # <prefix>/<cluster>/jobdir/<job>/workspace.tar
 
 
 class AwsProvider(Provider):
     name = "aws"
     capabilities = frozenset({Capability.SPOT, Capability.SECURITY_GROUPS})
+    # Boot, cloud-init (installing outgrow and CRIU) and an answering agent: minutes.
+    create_estimate_s = 240.0
 
     def __init__(
         self,
@@ -109,6 +112,12 @@ class AwsProvider(Provider):
     ):
         self.settings = settings
         self.aws = aws if aws is not None else AwsSettings()
+        if self.aws.job_storage == "s3" and not self.aws.s3_bucket:
+            raise ConfigError(
+                "OUTGROW_AWS_JOB_STORAGE=s3 keeps job directories in S3: set "
+                "OUTGROW_AWS_S3_BUCKET (or use OUTGROW_AWS_JOB_STORAGE=ebs)",
+                field="s3_bucket",
+            )
         self.adaptor = adaptor or AwsAdaptor(
             self.aws.region,
             endpoint_url=self.aws.endpoint_url,
@@ -117,12 +126,16 @@ class AwsProvider(Provider):
         )
         self.prices = prices if prices is not None else load_price_table(self.aws.price_table)
         self.sleep = sleep
-        self._lock = threading.RLock()
-        self._catalog: Catalog | None = None
-        self._catalog_at = 0.0
-        self._network: dict[str, str] | None = None
-        self._image: tuple[str, str] | None = None
-        self._key: bytes | None = None
+        self.account = Account(self.aws, self.adaptor)
+        self.catalog = InstanceCatalog(self.account, self.prices)
+        self.groups = SecurityGroups(self.account, sleep=self._sleep)
+        self.volumes = JobVolumes(self.account, sleep=self._sleep)
+        self.tokens = launch.AgentTokens(settings.data_dir, self.aws.cluster)
+        if not self.aws.s3_bucket:
+            log.warning(
+                "no OUTGROW_AWS_S3_BUCKET: jobs on aws cannot be suspended (checkpoints "
+                "are kept in S3)"
+            )
         if self.prices.stale():
             log.warning(
                 "the AWS price table is %d days old (%s): refresh it (docs/aws.md)",
@@ -130,283 +143,45 @@ class AwsProvider(Provider):
                 self.prices.as_of,
             )
 
+    def _sleep(self, seconds: float) -> None:
+        self.sleep(seconds)  # late-bound: tests replace ``sleep`` on the object
+
     @classmethod
     def from_settings(cls, settings: Settings) -> AwsProvider:
         return cls(settings)
 
     @property
     def region(self) -> str:
-        self.adaptor.session  # noqa: B018 - resolves the region (settings, env or config)
-        assert self.adaptor.region is not None
-        return self.adaptor.region
+        return self.account.region
 
     def _ec2(self, op: str, **params: Any) -> Any:
-        return self.adaptor.call("ec2", op, **params)
+        return self.account.ec2(op, **params)
 
-    # ---- instance types -------------------------------------------------------------
-    def instance_types(self) -> Catalog:
-        with self._lock:
-            if self._catalog is None or time.monotonic() - self._catalog_at > CATALOG_TTL_S:
-                self._catalog = self._build_catalog()
-                self._catalog_at = time.monotonic()
-            return self._catalog
-
-    def _build_catalog(self) -> Catalog:
-        table = self.prices.for_region(self.region)
-        names = sorted(n for n in table if self.aws.type_allowed(n))
-        if not names:
-            raise ConfigError(
-                f"no instance type of the price table for {self.region} passes "
-                f"allow_types={self.aws.allow_types} deny_types={self.aws.deny_types}",
-                field="allow_types",
-            )
-        shapes: dict[str, tuple[float, float]] = {}
-        for chunk in _chunks(names):
-            for t in self.adaptor.pages(
-                "ec2",
-                "describe_instance_types",
-                "InstanceTypes",
-                Filters=[
-                    {"Name": "instance-type", "Values": chunk},
-                    {
-                        "Name": "processor-info.supported-architecture",
-                        "Values": [self.aws.architecture],
-                    },
-                ],
-            ):
-                shapes[t["InstanceType"]] = (
-                    float(t["VCpuInfo"]["DefaultVCpus"]),
-                    float(t["MemoryInfo"]["SizeInMiB"]) / 1024,
-                )
-        missing = [n for n in names if n not in shapes]
-        if missing:
-            log.info(
-                "not offered in %s (or not %s): %s", self.region, self.aws.architecture, missing
-            )
-        spot = self.spot_prices(sorted(shapes))
-        types = [
-            InstanceType(
-                name=n,
-                vcpus=shapes[n][0],
-                memory_gib=shapes[n][1],
-                price_per_hour=table[n],
-                spot_price_per_hour=spot.get(n),
-            )
-            for n in shapes
-        ]
-        return Catalog(tuple(sort_types(types)))
-
-    def spot_prices(self, names: list[str]) -> dict[str, float]:
-        """Current spot price per type (DescribeSpotPriceHistory from now): in the
-        subnet's availability zone when a subnet is configured, else the lowest of any."""
-        az = self.network()["az"] if self.aws.subnet_id else None
-        latest: dict[tuple[str, str], tuple[datetime, float]] = {}
-        for chunk in _chunks(names):
-            params: dict[str, Any] = {
-                "InstanceTypes": chunk,
-                "ProductDescriptions": SPOT_PRODUCTS,
-                "StartTime": datetime.now(UTC),
-            }
-            if az:
-                params["AvailabilityZone"] = az
-            for h in self.adaptor.pages(
-                "ec2", "describe_spot_price_history", "SpotPriceHistory", **params
-            ):
-                k = (h["InstanceType"], h["AvailabilityZone"])
-                ts, price = h["Timestamp"], float(h["SpotPrice"])
-                if k not in latest or ts > latest[k][0]:
-                    latest[k] = (ts, price)
-        out: dict[str, float] = {}
-        for (name, _), (_, price) in latest.items():
-            out[name] = min(price, out.get(name, price))
-        return out
-
-    # ---- account resources ----------------------------------------------------------
+    # ---- account resources, instance types --------------------------------------------
     def network(self) -> dict[str, str]:
-        """subnet, vpc, az, vpc_cidr, control_plane_cidr (resolved once)."""
-        with self._lock:
-            if self._network is None:
-                if not self.aws.subnet_id:
-                    raise ConfigError(
-                        "set OUTGROW_AWS_SUBNET_ID: the subnet instances are launched in",
-                        field="subnet_id",
-                    )
-                sub = self._ec2("describe_subnets", SubnetIds=[self.aws.subnet_id])["Subnets"][0]
-                vpc_id = self.aws.vpc_id or sub["VpcId"]
-                if vpc_id != sub["VpcId"]:
-                    raise ConfigError(
-                        f"subnet {sub['SubnetId']} is in {sub['VpcId']}, not in {vpc_id}",
-                        field="vpc_id",
-                    )
-                vpc = self._ec2("describe_vpcs", VpcIds=[vpc_id])["Vpcs"][0]
-                self._network = {
-                    "subnet": sub["SubnetId"],
-                    "vpc": vpc_id,
-                    "az": sub["AvailabilityZone"],
-                    "subnet_cidr": sub["CidrBlock"],
-                    "vpc_cidr": vpc["CidrBlock"],
-                    "control_plane_cidr": self.aws.control_plane_cidr or vpc["CidrBlock"],
-                }
-            return self._network
+        """subnet, vpc, az, subnet_cidr, vpc_cidr, control_plane_cidr (resolved once)."""
+        return self.account.network()
 
     def image(self) -> tuple[str, str]:
         """(AMI id, root device name)."""
-        with self._lock:
-            if self._image is None:
-                ami = self.aws.ami_id
-                if not ami:
-                    try:
-                        ami = self.adaptor.call(
-                            "ssm", "get_parameter", Name=self.aws.ami_ssm_parameter
-                        )["Parameter"]["Value"]
-                    except NotFoundError as exc:
-                        raise ConfigError(
-                            f"SSM parameter {self.aws.ami_ssm_parameter} not found: set "
-                            "OUTGROW_AWS_AMI_ID or OUTGROW_AWS_AMI_SSM_PARAMETER",
-                            field="ami_id",
-                        ) from exc
-                images = self._ec2("describe_images", ImageIds=[ami])["Images"]
-                if not images:
-                    raise ConfigError(f"AMI {ami} not found in {self.region}", field="ami_id")
-                img = images[0]
-                if img.get("Architecture", self.aws.architecture) != self.aws.architecture:
-                    raise ConfigError(
-                        f"AMI {ami} is {img.get('Architecture')}, the settings say "
-                        f"{self.aws.architecture}",
-                        field="architecture",
-                    )
-                self._image = (str(ami), str(img.get("RootDeviceName") or "/dev/xvda"))
-            return self._image
+        return self.account.image()
 
-    def _token_key(self) -> bytes:
-        with self._lock:
-            if self._key is None:
-                path = self.settings.data_dir / "aws" / "agent-token.key"
-                try:
-                    self._key = path.read_bytes()
-                except FileNotFoundError:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    key = secrets.token_bytes(32)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(key)
-                    self._key = key
-            return self._key
+    def instance_types(self) -> Catalog:
+        return self.catalog.get()
+
+    def spot_prices(self, names: list[str]) -> dict[str, float]:
+        return self.catalog.spot_prices(names)
 
     def agent_token(self, instance_id: str) -> str:
-        mac = hmac.new(
-            self._token_key(), f"{self.aws.cluster}/{instance_id}".encode(), hashlib.sha256
-        )
-        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
-
-    def _agent_install(self) -> AgentInstall:
-        url = self.aws.agent_wheel_url
-        if url is None:
-            if not self.aws.agent_package:
-                # Never a bare name from a public index: it may not be this project.
-                raise ConfigError(
-                    "instances need outgrow itself: set OUTGROW_AWS_AGENT_WHEEL_URL (a wheel "
-                    "built with `pip wheel --no-deps . -w dist`, e.g. uploaded to S3) or "
-                    f"OUTGROW_AWS_AGENT_PACKAGE (e.g. outgrow=={__version__} from your "
-                    "package index)",
-                    field="agent_wheel_url",
-                )
-            return AgentInstall(requirement=self.aws.agent_package)
-        if url.startswith("s3://"):
-            bucket, _, key = url[5:].partition("/")
-            return AgentInstall(
-                wheel_url=self.adaptor.presign(bucket, key, self.aws.presign_expiry_s),
-                wheel_name=key.rsplit("/", 1)[-1],
-                sha256=self.aws.agent_wheel_sha256,
-            )
-        return AgentInstall(wheel_url=url, sha256=self.aws.agent_wheel_sha256)
+        return self.tokens.token(instance_id)
 
     # ---- security groups ------------------------------------------------------------
-    def _find_group(self, name: str) -> dict[str, Any] | None:
-        found = self._ec2(
-            "describe_security_groups",
-            Filters=[
-                {"Name": "group-name", "Values": [name]},
-                {"Name": "vpc-id", "Values": [self.network()["vpc"]]},
-            ],
-        )["SecurityGroups"]
-        return found[0] if found else None
-
-    def _ensure_group(
-        self, name: str, description: str, tags: dict[str, str], wanted: list[groups.Permission]
-    ) -> str:
-        g = self._find_group(name)
-        if g is None:
-            try:
-                gid = self._ec2(
-                    "create_security_group",
-                    GroupName=name,
-                    Description=description,
-                    VpcId=self.network()["vpc"],
-                    TagSpecifications=[
-                        {
-                            "ResourceType": "security-group",
-                            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-                        }
-                    ],
-                )["GroupId"]
-            except ProviderError as exc:
-                if error_code(exc) != "InvalidGroup.Duplicate":
-                    raise
-                g = self._find_group(name)  # created meanwhile by another worker
-                if g is None:
-                    raise
-            else:
-                g = self._find_group(name) or {"GroupId": gid, "IpPermissions": []}
-        gid = str(g["GroupId"])
-        add, drop = groups.diff(groups.from_api(g.get("IpPermissions", [])), wanted)
-        if drop:
-            self._ec2(
-                "revoke_security_group_ingress",
-                GroupId=gid,
-                IpPermissions=[p.to_api() for p in drop],
-            )
-        if add:
-            self._ec2(
-                "authorize_security_group_ingress",
-                GroupId=gid,
-                IpPermissions=[p.to_api() for p in add],
-            )
-        return gid
-
     def ensure_security_group(self, sg: SecurityGroup) -> str:
         """Create or update the job's security group ``outgrow-sg-<job>``; its id."""
-        net = self.network()
-        wanted = groups.permissions(
-            sg,
-            control_plane_cidr=net["control_plane_cidr"],
-            vpc_cidr=net["vpc_cidr"],
-            agent_port=self.aws.agent_port,
-        )
-        return self._ensure_group(
-            sg_name(sg.job_id),
-            f"outgrow job {sg.job_id}",
-            {TAG_CLUSTER: self.aws.cluster, TAG_JOB: sg.job_id, "Name": sg_name(sg.job_id)},
-            wanted,
-        )
-
-    def _base_group(self) -> str:
-        net = self.network()
-        name = f"outgrow-{self.aws.cluster}-base"
-        return self._ensure_group(
-            name,
-            f"outgrow cluster {self.aws.cluster}: instances without a job security group",
-            {TAG_CLUSTER: self.aws.cluster, "Name": name},
-            groups.base_permissions(
-                control_plane_cidr=net["control_plane_cidr"],
-                vpc_cidr=net["vpc_cidr"],
-                agent_port=self.aws.agent_port,
-            ),
-        )
+        return self.groups.ensure_job(sg)
 
     def security_group_rules(self, job_id: str) -> list[groups.Permission]:
-        g = self._find_group(sg_name(job_id))
-        return groups.from_api(g.get("IpPermissions", [])) if g else []
+        return self.groups.rules(job_id)
 
     def update_security_group(self, instance_id: str, sg: SecurityGroup | None) -> None:
         """Give the instance ``sg``'s group (rules updated first); None: the base group."""
@@ -415,28 +190,76 @@ class AwsProvider(Provider):
             raise NotFoundError(f"no instance {instance_id}", field="instance")
         if sg is not None:
             sg.check_reserved(self.aws.agent_port, PAGE_SERVER_PORTS)
-        gid = self.ensure_security_group(sg) if sg is not None else self._base_group()
+        gid = self.groups.ensure_job(sg) if sg is not None else self.groups.base()
         self._ec2("modify_instance_attribute", InstanceId=raw["InstanceId"], Groups=[gid])
 
     def delete_security_group(self, job_id: str, timeout: float = 300.0) -> None:
         """Delete the job's security group (when the job ended); waits while instances
         that are shutting down still hold it. Nothing to do when there is none."""
-        g = self._find_group(sg_name(job_id))
-        if g is None:
-            return
-        gid = g["GroupId"]
+        self.groups.delete(job_id, timeout)
 
-        def delete() -> None:
-            with contextlib.suppress(NotFoundError):
-                self._ec2("delete_security_group", GroupId=gid)
-
-        retry(
-            delete,
-            codes={"DependencyViolation"},
-            timeout=timeout,
-            what=f"deleting security group {sg_name(job_id)}",
-            sleep=self.sleep,
+    # ---- job storage ------------------------------------------------------------------
+    def _store(self) -> CheckpointStore:
+        if not self.aws.s3_bucket:
+            raise ConfigError(
+                "suspend on aws needs OUTGROW_AWS_S3_BUCKET (checkpoints are kept in S3)",
+                field="s3_bucket",
+            )
+        return CheckpointStore(
+            self.adaptor, self.aws.s3_bucket, prefix=self.aws.s3_prefix, cluster=self.aws.cluster
         )
+
+    def jobdir_url(self, job_id: str) -> str:
+        """``s3://bucket/<prefix>/<cluster>/jobdir/<job>/workspace.tar`` (s3 job storage)."""
+        store = self._store()
+        return url_of(store.bucket, store.key("jobdir", job_id, JOBDIR_OBJECT))
+
+    def _ec2_id(self, instance: InstanceInfo, states: Collection[str]) -> str | None:
+        known = instance.tags.get(TAG_EC2_ID)
+        raw = self._find(known or instance.id, states)
+        return str(raw["InstanceId"]) if raw else None
+
+    def attach_job_storage(self, job_id: str, instance: InstanceInfo) -> JobStorage:
+        """ebs: the job's volume (created on first use) attached to ``instance``;
+        s3: the URL of the job directory's tar. Idempotent."""
+        if self.aws.job_storage == "s3":
+            return JobStorage(StorageKind.S3, url=self.jobdir_url(job_id))
+        ec2_id = self._ec2_id(instance, LIVE_STATES)
+        if ec2_id is None:
+            raise ProviderError(
+                f"instance {instance.id} is gone: cannot attach the volume of job {job_id}"
+            )
+        vid = self.volumes.attach(job_id, ec2_id)
+        return JobStorage(StorageKind.VOLUME, device=f"ebs:{vid}")
+
+    def detach_job_storage(self, job_id: str, instance: InstanceInfo) -> None:
+        """ebs: detach the job's volume from ``instance`` (its agent unmounted it) and
+        wait until it is available; idempotent. s3: nothing (the agent uploaded it)."""
+        if self.aws.job_storage == "s3":
+            return
+        ec2_id = instance.tags.get(TAG_EC2_ID) or self._ec2_id(instance, (*NOT_GONE, "terminated"))
+        if ec2_id is not None:
+            self.volumes.detach(job_id, ec2_id)
+
+    def delete_job_storage(self, job_id: str) -> None:
+        """The job ended: delete its volumes (whatever the mode: a mode switch leaves
+        none behind) and, with a bucket, its job-directory object; idempotent."""
+        self.volumes.delete(job_id)
+        if self.aws.s3_bucket:
+            delete_url(self.jobdir_url(job_id), self.adaptor)
+
+    def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str:
+        """``s3://bucket/<prefix>/<cluster>/suspend/<job>/<checkpoint>.tar``."""
+        store = self._store()
+        return url_of(store.bucket, store.key("suspend", job_id, checkpoint_id))
+
+    def delete_checkpoint(self, url: str) -> None:
+        """Delete a suspend checkpoint (and its manifest); idempotent. Only URLs
+        ``checkpoint_url`` makes (``…/suspend/<job>/<id>.tar``) are accepted."""
+        _, key = parse_url(url)
+        if "/suspend/" not in f"/{key}" or not key.endswith(".tar"):
+            raise ProviderError(f"{url} is not a suspend checkpoint of outgrow: not deleted")
+        delete_url(url, self.adaptor)
 
     # ---- instances ------------------------------------------------------------------
     def _filters(self, *, states: Collection[str], iid: str | None = None) -> list[dict[str, Any]]:
@@ -466,20 +289,8 @@ class AwsProvider(Provider):
         found = self._raw(states=states, iid=iid)
         return found[-1] if found else None
 
-    def _type(self, name: str) -> InstanceType:
-        try:
-            return self.instance_types().get(name)
-        except NotFoundError:  # launched before the allow/deny lists changed
-            t = self._ec2("describe_instance_types", InstanceTypes=[name])["InstanceTypes"][0]
-            return InstanceType(
-                name,
-                float(t["VCpuInfo"]["DefaultVCpus"]),
-                float(t["MemoryInfo"]["SizeInMiB"]) / 1024,
-                self.prices.regions.get(self.region, {}).get(name, 0.0),
-            )
-
     def _info(self, raw: dict[str, Any]) -> InstanceInfo:
-        tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+        tags = tag_dict(raw)
         iid = tags.get(TAG_INSTANCE, raw["InstanceId"])
         if self.aws.agent_address == "public":
             address = raw.get("PublicIpAddress") or ""
@@ -489,7 +300,7 @@ class AwsProvider(Provider):
         return InstanceInfo(
             id=iid,
             provider=self.name,
-            type=self._type(raw["InstanceType"]),
+            type=self.catalog.type_of(raw["InstanceType"]),
             address=address,
             agent_url=f"http://{address}:{self.aws.agent_port}",
             agent_token=self.agent_token(iid),
@@ -517,66 +328,17 @@ class AwsProvider(Provider):
         user_data: str,
     ) -> dict[str, Any]:
         """The RunInstances parameters (public for tests and ``--dry-run`` style checks)."""
-        net = self.network()
-        ami, root = self.image()
-        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
-        req: dict[str, Any] = {
-            "ImageId": ami,
-            "InstanceType": itype.name,
-            "MinCount": 1,
-            "MaxCount": 1,
-            "UserData": user_data,
-            "ClientToken": f"outgrow-{self.aws.cluster}-{iid}"[:64],
-            "MetadataOptions": {
-                "HttpTokens": "required",  # IMDSv2 only
-                "HttpEndpoint": "enabled",
-                "HttpPutResponseHopLimit": 1,
-                "InstanceMetadataTags": "disabled",
-            },
-            "BlockDeviceMappings": [
-                {
-                    "DeviceName": root,
-                    "Ebs": {
-                        "VolumeSize": self.aws.root_volume_gib,
-                        "VolumeType": "gp3",
-                        "DeleteOnTermination": True,
-                        "Encrypted": True,
-                    },
-                }
-            ],
-            "TagSpecifications": [
-                {"ResourceType": "instance", "Tags": tag_list},
-                {"ResourceType": "volume", "Tags": tag_list},
-            ],
-            "InstanceInitiatedShutdownBehavior": "terminate",
-        }
-        if self.aws.associate_public_ip:
-            req["NetworkInterfaces"] = [
-                {
-                    "DeviceIndex": 0,
-                    "SubnetId": net["subnet"],
-                    "Groups": [group_id],
-                    "AssociatePublicIpAddress": True,
-                    "DeleteOnTermination": True,
-                }
-            ]
-        else:
-            req["SubnetId"] = net["subnet"]
-            req["SecurityGroupIds"] = [group_id]
-        if self.aws.key_name:
-            req["KeyName"] = self.aws.key_name
-        if self.aws.instance_profile:
-            p = self.aws.instance_profile
-            req["IamInstanceProfile"] = {"Arn": p} if p.startswith("arn:") else {"Name": p}
-        if spot:
-            opts: dict[str, Any] = {
-                "SpotInstanceType": "one-time",
-                "InstanceInterruptionBehavior": "terminate",
-            }
-            if self.aws.spot_max_price:
-                opts["MaxPrice"] = self.aws.spot_max_price
-            req["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": opts}
-        return req
+        return launch.launch_request(
+            self.aws,
+            self.network(),
+            self.image(),
+            iid,
+            itype,
+            spot=spot,
+            tags=tags,
+            group_id=group_id,
+            user_data=user_data,
+        )
 
     def create_instance(
         self,
@@ -595,7 +357,8 @@ class AwsProvider(Provider):
         itype = self.instance_types().get(type_name)
         if security_group is not None:
             security_group.check_reserved(self.aws.agent_port, PAGE_SERVER_PORTS)
-        install = self._agent_install()  # settings errors before anything is created
+        # settings errors before anything is created
+        install = launch.agent_install(self.aws, self.adaptor)
         if instance_id is not None:
             existing = self._find(instance_id)
             if existing is not None:
@@ -613,24 +376,19 @@ class AwsProvider(Provider):
         if security_group is not None:
             all_tags.setdefault(TAG_JOB, security_group.job_id)
         group_id = (
-            self.ensure_security_group(security_group)
+            self.groups.ensure_job(security_group)
             if security_group is not None
-            else self._base_group()
+            else self.groups.base()
         )
-        user_data = render(
-            UserDataSpec(
-                instance_id=iid,
-                cluster=self.aws.cluster,
-                token=self.agent_token(iid),
-                cgroup=f"{self.settings.resource_prefix}-{iid}",
-                install=install,
-                install_criu_sh=INSTALL_CRIU_SH,
-                agent_port=self.aws.agent_port,
-                memory_reserve_mib=self.aws.memory_reserve_mib,
-                oom_headroom_mib=self.settings.oom_headroom_mib,
-                redirects=security_group.redirects if security_group else (),
-                spot=spot,
-            )
+        user_data = launch.user_data(
+            self.settings,
+            self.aws,
+            region=self.region,
+            instance_id=iid,
+            token=self.agent_token(iid),
+            install=install,
+            security_group=security_group,
+            spot=spot,
         )
         req = self.launch_request(
             iid, itype, spot=spot, tags=all_tags, group_id=group_id, user_data=user_data
@@ -721,7 +479,8 @@ class AwsProvider(Provider):
 
     def delete_instance(self, instance_id: str) -> None:
         """Terminate the instance (idempotent: nothing to do when it is gone) and delete
-        the volumes tagged with it that are left detached."""
+        the volumes tagged with it that are left detached — never a job's volume, which
+        EC2 detaches (``DeleteOnTermination`` false) and which moves on with the job."""
         raw = self._find(instance_id, NOT_GONE)
         if raw is not None and raw["State"]["Name"] != "shutting-down":
             with contextlib.suppress(NotFoundError):
@@ -729,10 +488,12 @@ class AwsProvider(Provider):
             log.info("terminated %s (%s)", instance_id, raw["InstanceId"])
         iid = instance_id
         if raw is not None:
-            iid = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}.get(TAG_INSTANCE, iid)
+            iid = tag_dict(raw).get(TAG_INSTANCE, iid)
         self._delete_volumes([{"Name": f"tag:{TAG_INSTANCE}", "Values": [iid]}])
 
     def _delete_volumes(self, filters: list[dict[str, Any]]) -> list[str]:
+        """Delete the cluster's detached *instance* volumes matching ``filters`` (those
+        tagged ``outgrow:instance``; a job volume is never one of them)."""
         removed = []
         for v in self.adaptor.pages(
             "ec2",
@@ -740,10 +501,14 @@ class AwsProvider(Provider):
             "Volumes",
             Filters=[
                 {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.aws.cluster]},
+                {"Name": "tag-key", "Values": [TAG_INSTANCE]},
                 {"Name": "status", "Values": ["available"]},
                 *filters,
             ],
         ):
+            tags = tag_dict(v)
+            if tags.get(TAG_KIND) == KIND_JOB_VOLUME or TAG_INSTANCE not in tags:
+                continue
             with contextlib.suppress(NotFoundError):
                 self._ec2("delete_volume", VolumeId=v["VolumeId"])
                 removed.append(v["VolumeId"])
@@ -758,8 +523,7 @@ class AwsProvider(Provider):
                 r
                 for r in self._raw(states=NOT_GONE)
                 if not instance_ids
-                or {t["Key"]: t["Value"] for t in r.get("Tags", [])}.get(TAG_INSTANCE)
-                in instance_ids
+                or tag_dict(r).get(TAG_INSTANCE) in instance_ids
                 or r["InstanceId"] in instance_ids
             ]
             if not left:
@@ -773,41 +537,24 @@ class AwsProvider(Provider):
             delay = min(delay * 2, 15.0)
 
     def cleanup(self, keep: Collection[str] = ()) -> list[str]:
-        """Terminate the cluster's instances not in ``keep``; delete its detached volumes
-        and the security groups no instance uses any more."""
+        """Terminate the cluster's instances not in ``keep``; delete their detached
+        volumes and the security groups no instance uses any more. Job volumes stay:
+        they belong to jobs, not instances (:meth:`delete_job_storage`, :meth:`teardown`)."""
         removed = super().cleanup(keep)
         removed += [f"volume {v}" for v in self._delete_volumes([])]
         in_use = {
             g["GroupId"] for r in self._raw(states=NOT_GONE) for g in r.get("SecurityGroups", [])
         }
-        for g in self.adaptor.pages(
-            "ec2",
-            "describe_security_groups",
-            "SecurityGroups",
-            Filters=[
-                {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.aws.cluster]},
-                {"Name": "vpc-id", "Values": [self.network()["vpc"]]},
-            ],
-        ):
-            if g["GroupId"] in in_use:
-                continue
-            try:
-                self._ec2("delete_security_group", GroupId=g["GroupId"])
-                removed.append(f"security group {g['GroupName']}")
-            except NotFoundError:
-                pass
-            except ProviderError as exc:
-                if error_code(exc) != "DependencyViolation":
-                    raise
-                log.info("security group %s still in use, kept", g["GroupName"])
+        removed += self.groups.delete_unused(in_use)
         return removed
 
     def teardown(self, timeout: float = 600.0) -> list[str]:
-        """Everything of this cluster: instances (waited until terminated), volumes,
-        security groups (tests and ``outgrow cleanup --all``)."""
+        """Everything of this cluster: instances (waited until terminated), volumes —
+        the jobs' volumes too —, security groups (tests and ``outgrow cleanup --all``)."""
         removed = [r for r in super().cleanup() if r]
         self.wait_terminated(timeout=timeout)
         removed += self.cleanup()
+        removed += [f"job volume {v}" for v in self.volumes.delete_all()]
         return removed
 
     def as_dict(self, info: InstanceInfo) -> dict[str, object]:

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Debian's own public SSM parameter for its latest bookworm (12) AMI.
 DEFAULT_AMI_SSM_PARAMETER = "/aws/service/debian/release/bookworm/latest/amd64"
 _CLUSTER = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MIN_VOLUME_GIB = {"gp3": 1, "gp2": 1, "io2": 4, "st1": 125}  # EBS's smallest size per type
 
 
 def _split(v: object) -> object:
@@ -69,7 +70,9 @@ class AwsSettings(BaseSettings):
         description="Which instance address the control plane uses to reach agents.",
     )
     s3_bucket: str | None = Field(
-        None, description="Bucket for suspend checkpoints, the transfer fallback and wheels."
+        None,
+        description="Bucket for suspend checkpoints, job directories (job_storage=s3), the "
+        "transfer fallback and wheels; given to the agents (instance-profile credentials).",
     )
     s3_prefix: str = Field("outgrow", description="Key prefix of everything outgrow writes.")
     transfer_expire_days: int = Field(
@@ -123,6 +126,23 @@ class AwsSettings(BaseSettings):
     spot_max_price: str | None = Field(
         None, description="Highest spot price (USD/h) to pay; default: the on-demand price."
     )
+    job_storage: Literal["ebs", "s3"] = Field(
+        "ebs",
+        description="Where a job's directory lives while the job moves: 'ebs', its own EBS "
+        "volume detached from the source and attached to the target (same AZ: every "
+        "instance is in the one subnet); 's3', a tar in S3_BUCKET (any AZ).",
+    )
+    job_volume_gib: int = Field(
+        20,
+        ge=1,
+        le=16384,
+        description="Size of a job's EBS volume (job_storage=ebs), created on first use.",
+    )
+    job_volume_type: Literal["gp3", "gp2", "io2", "st1"] = Field(
+        "gp3",
+        description="EBS type of a job's volume (io2: 3000 IOPS at most 500/GiB; "
+        "st1 needs at least 125 GiB, io2 at least 4).",
+    )
 
     @field_validator("allow_types", "deny_types", mode="before")
     @classmethod
@@ -156,6 +176,16 @@ class AwsSettings(BaseSettings):
                 raise ValueError("agent_wheel_url must be s3://… or https://… ending in .whl")
             if url.startswith("s3://") and "/" not in url[5:]:
                 raise ValueError("agent_wheel_url s3://BUCKET/KEY.whl needs a key")
+        return self
+
+    @model_validator(mode="after")
+    def _job_volume(self) -> AwsSettings:
+        least = MIN_VOLUME_GIB[self.job_volume_type]
+        if self.job_volume_gib < least:
+            raise ValueError(
+                f"job_volume_gib must be at least {least} for job_volume_type "
+                f"{self.job_volume_type}"
+            )
         return self
 
     def type_allowed(self, name: str) -> bool:

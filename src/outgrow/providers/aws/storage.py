@@ -18,8 +18,12 @@ fallback transfer path when two agents cannot reach each other directly.
   a day. Suspend checkpoints never expire by themselves (a suspended job may stay so for
   months): they are deleted when the job resumes or ends (:meth:`delete`).
 
-Keys: ``<prefix>/<cluster>/suspend/<job>/<checkpoint>.tar`` and
-``<prefix>/<cluster>/transfer/<job>/<checkpoint>.tar``.
+Keys: ``<prefix>/<cluster>/suspend/<job>/<checkpoint>.tar``,
+``<prefix>/<cluster>/transfer/<job>/<checkpoint>.tar`` and (job directories synced
+through S3, ``OUTGROW_AWS_JOB_STORAGE=s3``) ``<prefix>/<cluster>/jobdir/<job>/workspace.tar``.
+
+The agent uses only the ``s3://bucket/key`` helpers at the end (:func:`upload_url`,
+:func:`download_url`, :func:`delete_url`): the control plane's provider hands it URLs.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from outgrow.providers.aws.adaptor import AwsAdaptor, error_code
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
-Kind = Literal["suspend", "transfer"]
+Kind = Literal["suspend", "transfer", "jobdir"]
 LIFECYCLE_TRANSFER_ID = "outgrow-transfer-expiry"
 LIFECYCLE_MULTIPART_ID = "outgrow-abort-incomplete-uploads"
 
@@ -226,7 +230,9 @@ class CheckpointStore:
             reader = _HashingReader(obj["Body"])
             try:
                 with tarfile.open(fileobj=reader, mode="r|") as tar:
-                    tar.extractall(tmp, filter="data")
+                    # "tar", not "data": a job directory keeps its files' and directories'
+                    # modes (still no escaping paths, no setuid bits).
+                    tar.extractall(tmp, filter="tar")
                 reader.drain()  # the tar end may leave padding unread
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise TransferError(
@@ -239,6 +245,7 @@ class CheckpointStore:
                     "was uploaded",
                     detail=f"sha256 {got} size {reader.size}, manifest {m.sha256} size {m.size}",
                 )
+            tmp.chmod(0o755)  # mkdtemp's 0700 would become the job directory's mode
             tmp.replace(dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -293,3 +300,61 @@ class CheckpointStore:
             Bucket=self.bucket,
             LifecycleConfiguration={"Rules": rules},
         )
+
+
+# ---- s3:// URLs: what the agent is handed ---------------------------------------------
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → (bucket, key); ValidationError-free: a bad URL is a TransferError."""
+    if not url.startswith("s3://") or "/" not in url[5:]:
+        raise TransferError(f"not an s3://bucket/key URL: {url!r}")
+    bucket, key = url[5:].split("/", 1)
+    if not bucket or not key:
+        raise TransferError(f"not an s3://bucket/key URL: {url!r}")
+    return bucket, key
+
+
+def url_of(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def store_for_url(url: str, adaptor: AwsAdaptor | None = None) -> tuple[CheckpointStore, str]:
+    """A store for the URL's bucket (adaptor from ``OUTGROW_AWS_*`` settings when not
+    given: on an instance the agent has the instance profile's credentials) and the key."""
+    bucket, key = parse_url(url)
+    if adaptor is None:
+        from outgrow.providers.aws.settings import AwsSettings
+
+        cfg = AwsSettings()
+        adaptor = AwsAdaptor(
+            cfg.region,
+            endpoint_url=cfg.endpoint_url,
+            profile=cfg.profile,
+            max_attempts=cfg.max_attempts,
+        )
+    return CheckpointStore(adaptor, bucket), key
+
+
+def upload_url(src: Path, url: str, adaptor: AwsAdaptor | None = None) -> Manifest:
+    store, key = store_for_url(url, adaptor)
+    return store.upload_dir(src, key)
+
+
+def download_url(
+    url: str, dest: Path, adaptor: AwsAdaptor | None = None, *, missing_ok: bool = False
+) -> Manifest | None:
+    """Download ``url`` into ``dest`` (which must not exist). ``missing_ok``: an object
+    never uploaded yields None and an empty ``dest`` (a job directory's first mount)."""
+    store, key = store_for_url(url, adaptor)
+    try:
+        return store.download_dir(key, dest)
+    except NotFoundError:
+        if not missing_ok:
+            raise
+        dest.mkdir(parents=True)
+        return None
+
+
+def delete_url(url: str, adaptor: AwsAdaptor | None = None) -> None:
+    store, key = store_for_url(url, adaptor)
+    with contextlib.suppress(NotFoundError):
+        store.delete(key)

@@ -12,7 +12,11 @@
 
 The unit's ``ExecStartPre`` (:mod:`outgrow.providers.aws.bootstrap`) creates the job
 cgroup and finds the instance address through IMDSv2; the agent then runs with the same
-flags the local provider gives it, in the machine's own network namespace.
+flags the local provider gives it, in the machine's own network namespace. Its
+environment carries what it needs to reach S3 (suspend checkpoints, job directories with
+``OUTGROW_AWS_JOB_STORAGE=s3``): ``OUTGROW_AWS_REGION`` and, when a bucket is configured,
+``OUTGROW_AWS_S3_BUCKET`` — the credentials are the instance profile's — and outgrow is
+then installed with its ``aws`` extra (boto3).
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ PACKAGES = (
     "util-linux",
 )
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REQUIREMENT = re.compile(
+    r"^(?P<name>[A-Za-z0-9_.-]+)(\[(?P<extras>[A-Za-z0-9_,.-]+)\])?(?P<pin>==.+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,29 @@ class UserDataSpec:
     oom_headroom_mib: int = 64
     redirects: tuple[tuple[int, int], ...] = ()  # (host_port, job_port) from the SG
     spot: bool = False  # also run the spot watcher (interruption notices → agent)
+    region: str | None = None  # the agent's OUTGROW_AWS_REGION (S3 checkpoints, job dirs)
+    s3_bucket: str | None = None  # the agent's OUTGROW_AWS_S3_BUCKET; installs outgrow[aws]
     packages: tuple[str, ...] = field(default=PACKAGES)
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """Extras outgrow is installed with: ``aws`` (boto3) when the agent uses S3."""
+        return ("aws",) if self.s3_bucket else ()
+
+
+def agent_environment(spec: UserDataSpec) -> dict[str, str]:
+    """What the agent's unit puts in its environment: how the agent reaches S3 (the
+    credentials are the instance profile's, from IMDSv2)."""
+    env: dict[str, str] = {}
+    if spec.region:
+        if not _REGION.match(spec.region):
+            raise ConfigError(f"invalid AWS region {spec.region!r}", field="region")
+        env["OUTGROW_AWS_REGION"] = spec.region
+    if spec.s3_bucket:
+        if not _BUCKET.match(spec.s3_bucket):
+            raise ConfigError(f"invalid S3 bucket name {spec.s3_bucket!r}", field="s3_bucket")
+        env["OUTGROW_AWS_S3_BUCKET"] = spec.s3_bucket
+    return env
 
 
 def agent_argv(spec: UserDataSpec) -> list[str]:
@@ -164,6 +195,7 @@ def unit_text(spec: UserDataSpec) -> str:
             # Written by the ExecStartPre above, read before ExecStart ("-": not yet there
             # for the ExecStartPre itself).
             f"EnvironmentFile=-{ENV_FILE}",
+            *(f"Environment={k}={v}" for k, v in agent_environment(spec).items()),
             "ExecStart=" + " ".join(agent_argv(spec)),
             "Restart=on-failure",
             "RestartSec=5",
@@ -202,15 +234,26 @@ def spotwatch_unit_text(spec: UserDataSpec) -> str:
     )
 
 
-def install_commands(install: AgentInstall) -> list[str]:
+def with_extras(requirement: str, extras: tuple[str, ...]) -> str:
+    """``outgrow==0.1.0`` + (aws,) → ``outgrow[aws]==0.1.0`` (extras already there kept)."""
+    m = _REQUIREMENT.match(requirement)
+    if not extras or m is None:
+        return requirement
+    have = [e for e in (m.group("extras") or "").split(",") if e]
+    merged = have + [e for e in extras if e not in have]
+    return f"{m.group('name')}[{','.join(merged)}]{m.group('pin')}"
+
+
+def install_commands(install: AgentInstall, extras: tuple[str, ...] = ()) -> list[str]:
     pip = f"{VENV}/bin/pip install --no-cache-dir --disable-pip-version-check"
     if install.wheel_url is None:
-        return [f"{pip} {shlex.quote(install.requirement)}"]
+        return [f"{pip} {shlex.quote(with_extras(install.requirement, extras))}"]
     path = f"/opt/outgrow/{install.wheel_name}"
     cmds = [f"curl -fsSL --retry 5 -o {path} {shlex.quote(install.wheel_url)}"]
     if install.sha256:
         cmds.append(f"echo {shlex.quote(f'{install.sha256}  {path}')} | sha256sum -c -")
-    cmds.append(f"{pip} {path}")
+    target = f"{path}[{','.join(extras)}]" if extras else path
+    cmds.append(f"{pip} {shlex.quote(target)}")
     return cmds
 
 
@@ -275,7 +318,7 @@ def render(spec: UserDataSpec) -> str:
         "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
         + " ".join(spec.packages),
         f"python3 -m venv {VENV}",
-        *install_commands(spec.install),
+        *install_commands(spec.install, spec.extras),
         f"OUTGROW_CRIU_PREFIX={CRIU_PREFIX} bash {CRIU_SCRIPT}",
         "systemctl daemon-reload",
         f"systemctl enable --now {UNIT}",

@@ -26,6 +26,7 @@ from outgrow.agent.client import AgentClient
 from outgrow.agent.images import ImageCache, ImageSpec
 from outgrow.domain.instance_types import GIB, Catalog, parse_catalog
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
+from outgrow.domain.storage import JobStorage
 from outgrow.errors import (
     AgentError,
     CapacityError,
@@ -37,6 +38,7 @@ from outgrow.errors import (
 from outgrow.providers.base import Capability, InstanceInfo, Provider
 from outgrow.providers.local import firewall
 from outgrow.providers.local.network import HostNetwork, new_instance_id, run_in_netns_argv
+from outgrow.providers.local.storage import LocalJobStorage
 from outgrow.settings import Settings
 
 log = logging.getLogger("outgrow.provider.local")
@@ -67,14 +69,7 @@ def host_memory_bytes() -> int:
 
 class LocalProvider(Provider):
     name = "local"
-    capabilities = frozenset(
-        {
-            Capability.SPOT,
-            Capability.RECLAIM_NOTICE,
-            Capability.SHARED_JOB_STORAGE,
-            Capability.SECURITY_GROUPS,
-        }
-    )
+    create_estimate_s = 4.0  # netns + cgroup + agent start: about a second
 
     def __init__(self, settings: Settings, catalog: Catalog | None = None):
         self.settings = settings
@@ -86,6 +81,15 @@ class LocalProvider(Provider):
         if catalog is None:
             catalog = load_catalog(settings.catalog_path)
         self._catalog = catalog
+        self.job_storage = LocalJobStorage(settings, lambda iid: self._record(iid) is not None)
+
+    # A property, not the base class's ClassVar: what is shared depends on the settings.
+    @property
+    def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
+        caps = {Capability.SPOT, Capability.RECLAIM_NOTICE, Capability.SECURITY_GROUPS}
+        if self.settings.local_job_storage == "shared":  # else the directory moves with the job
+            caps.add(Capability.SHARED_JOB_STORAGE)
+        return frozenset(caps)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalProvider:
@@ -381,6 +385,22 @@ class LocalProvider(Provider):
                     out.append(info)
         return out
 
+    # ---- job storage (providers/local/storage.py) ---------------------------------------
+    def attach_job_storage(self, job_id: str, instance: InstanceInfo) -> JobStorage:
+        return self.job_storage.attach(job_id, instance.id)
+
+    def detach_job_storage(self, job_id: str, instance: InstanceInfo) -> None:
+        self.job_storage.detach(job_id, instance.id)
+
+    def delete_job_storage(self, job_id: str) -> None:
+        self.job_storage.delete(job_id)
+
+    def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str | None:
+        return self.job_storage.checkpoint_url(job_id, checkpoint_id)
+
+    def delete_checkpoint(self, url: str) -> None:
+        self.job_storage.delete_checkpoint(url)
+
     def cleanup(self, keep: Collection[str] = ()) -> list[str]:
         removed = super().cleanup(keep)
         removed += [i for i in self.net.cleanup(keep=set(keep)) if i not in removed]
@@ -394,6 +414,8 @@ class LocalProvider(Provider):
                 cg.remove(timeout=10)
                 if iid not in removed:
                     removed.append(iid)
+        # loop devices of volumes attached to the instances just removed
+        removed += self.job_storage.release_loops(keep=set(keep))
         return removed
 
     def teardown(self) -> None:
