@@ -9,11 +9,18 @@ For each data size S, in one run (so ratios compare like with like):
 2. ``repeat`` live migrations per transfer mode ("page-server", "copy"), alternating,
    each to a new instance of the same type through ``Migrator.migrate``; after each move
    the kernel recomputes the CRC32 (a benchmark that moves a broken kernel is worthless);
+   the job directory is shared between the instances (nothing of it moves);
 3. raw CRIU through the agent's own code: ``checkpoint(dest_dir=…)`` (the same ``criu
    dump`` flags, no page server, no copy), ``commit`` (kills the tree), ``restore(
    source_dir=…)`` into the same instance; CRC32 again;
 4. restart and reload: shut the kernel down, start a new kernel in the same job and time
-   how long building the same data takes (what a user without migration pays).
+   how long building the same data takes (what a user without migration pays);
+5. "volume" mode (benchmarks/volume.py): the same job, same data (same CRC32), but its
+   directory on a loop volume that moves with it; ``repeat`` migrations, each checked like
+   the others, plus the volume mounted on the target with the marker left in it.
+
+``modes`` (``--modes``) picks among the three: without page-server and copy there is no
+raw CRIU or reload either (they run on the first job).
 
 Every instance lives under a resource prefix of its own ("ob" + 3 hex) and an address pool
 of its own; all of them are deleted (try/finally, provider.teardown()) even on Ctrl-C.
@@ -40,17 +47,9 @@ from types import FrameType, ModuleType
 from typing import Any
 
 import httpx
+import volume
 from rich.table import Table
-from summary import (
-    GIB,
-    fmt_bool,
-    fmt_gib,
-    fmt_ratio,
-    fmt_s,
-    pick_type,
-    required_memory_gib,
-    summarise_size,
-)
+from summary import COLUMNS, GIB, MODES, pick_type, required_memory_gib, summarise_size
 
 from outgrow.agent.images import BUILTIN_IMAGES
 from outgrow.errors import MigrationError, OutgrowError
@@ -60,7 +59,6 @@ from outgrow.providers.local.provider import LocalProvider
 from outgrow.settings import Settings
 
 NAME = "migration"
-MODES = ("page-server", "copy")
 CRIU = Path(os.environ.get("OUTGROW_CRIU_PATH", "/opt/outgrow/criu/sbin/criu"))
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 KIND = "jupyter-server"
@@ -155,7 +153,13 @@ def jupyter_base(inst: InstanceInfo, body: dict[str, Any]) -> str:
     return f"http://{inst.address}:{body.get('port', 8888)}{body['base_url']}"
 
 
-def start_job(provider: LocalProvider, type_name: str) -> tuple[InstanceInfo, dict[str, Any]]:
+def start_job(
+    provider: LocalProvider,
+    type_name: str,
+    before_start: Callable[[InstanceInfo, str], None] | None = None,
+) -> tuple[InstanceInfo, dict[str, Any]]:
+    """A new instance running a new job; ``before_start(instance, job_id)`` prepares it
+    (the job's directory) before the job starts."""
     image = BUILTIN_IMAGES[KIND]
     provider.prepare_image(image)
     inst = provider.create_instance(type_name, tags={"outgrow:bench": NAME})
@@ -170,6 +174,8 @@ def start_job(provider: LocalProvider, type_name: str) -> tuple[InstanceInfo, di
         "evade_oom": True,
     }
     try:
+        if before_start is not None:
+            before_start(inst, job_id)
         with agent(inst) as a:
             a.start_job(body)
         wait_job(inst, timeout=300)
@@ -220,13 +226,24 @@ def tree_exited(init_pid: int, timeout: float = 120.0) -> float:
 
 # ---- one size -----------------------------------------------------------------------
 class SizeRun:
-    """Everything for one data size; ``inst`` is always the instance running the job."""
+    """One job for one data size; ``inst`` is always the instance running the job. With
+    ``storage`` the job's directory is on that volume (modes: "volume" only)."""
 
-    def __init__(self, provider: LocalProvider, size_gib: float, repeat: int, say: Say):
+    def __init__(
+        self,
+        provider: LocalProvider,
+        size_gib: float,
+        repeat: int,
+        say: Say,
+        modes: tuple[str, ...] = ("page-server", "copy"),
+        storage: volume.JobVolume | None = None,
+    ):
         self.p = provider
         self.size_gib = size_gib
         self.repeat = repeat
         self.say = say
+        self.modes = modes
+        self.storage = storage
         self.inst: InstanceInfo | None = None
         self.body: dict[str, Any] = {}
         self.ks: Any = None
@@ -275,44 +292,59 @@ class SizeRun:
             raise BenchFailure(
                 f"{what}: data checksum {got['checksum']} != {self.checksum} before the move"
             )
-        return {"intact": intact, "kernel_rss_after_bytes": got["rss_bytes"]}
+        out = {"intact": intact, "kernel_rss_after_bytes": got["rss_bytes"]}
+        if self.storage is not None:  # and the directory came with the job
+            out.update(self.storage.check())
+        return out
 
     def _failed(self, step: str, exc: BaseException) -> None:
         self.say(f"[red]size {self.size_gib:g} GiB, {step} failed: {exc}")
-        detail = getattr(exc, "detail", None)
-        self.rec["errors"].append(
-            {
-                "step": step,
-                "error": f"{type(exc).__name__}: {exc}",
-                "detail": (detail or "")[-3000:],
-            }
-        )
+        detail = (getattr(exc, "detail", None) or "")[-3000:]
+        error = f"{type(exc).__name__}: {exc}"
+        self.rec["errors"].append({"step": step, "error": error, "detail": detail})
+
+    def _try(self, step: str, fn: Callable[..., object], *args: Any) -> None:
+        try:
+            fn(*args)
+        except STEP_ERRORS as exc:
+            self._failed(step, exc)
 
     def run(self) -> dict[str, Any]:
         t_size = time.monotonic()
         try:
             self._setup()
             self._migrations()
-            try:
-                self._raw_criu()
-            except STEP_ERRORS as exc:
-                # A failed restore after the commit loses the job: the reload needs a new one.
-                self._failed("raw CRIU", exc)
-                self._recover_job()
-            self._reload()
+            if self.storage is None:
+                try:
+                    self._raw_criu()
+                except STEP_ERRORS as exc:
+                    # A failed restore after the commit loses the job: the reload needs a new one.
+                    self._failed("raw CRIU", exc)
+                    self._recover_job()
+                self._reload()
         except STEP_ERRORS as exc:
             self._failed("benchmark", exc)
         finally:
-            self.disconnect()
-            if self.inst is not None:
-                self.say(f"deleting instance {self.inst.id}")
-                self.p.delete_instance(self.inst.id)
-                self.inst = None
-            # Anything a failed step left behind (a target half created, …).
-            self.p.cleanup()
+            self._close()
+        if self.storage is not None:
+            self.rec["volume"] = self.storage.facts
         self.rec["loadavg_end"] = os.getloadavg()
         self.rec["size_wall_s"] = round(time.monotonic() - t_size, 2)
         return self.rec
+
+    def _close(self) -> None:
+        self.disconnect()
+        if self.inst is not None:
+            if self.storage is not None:  # as the control plane does when a job ends
+                self._try("releasing the job volume", self.storage.release, self.inst)
+            self.say(f"deleting instance {self.inst.id}")
+            self.p.delete_instance(self.inst.id)
+            self.inst = None
+        # Anything a failed step left behind (a target half created, a volume still
+        # mounted and attached: unmounted and detached by force).
+        self.p.cleanup()
+        if self.storage is not None:
+            self._try("deleting the job volume", self.storage.delete)
 
     def _recover_job(self) -> None:
         assert self.inst is not None
@@ -331,9 +363,10 @@ class SizeRun:
 
     def _setup(self) -> None:
         t = self.rec["type"]
-        self.say(f"[bold]{self.size_gib:g} GiB[/]: starting a {KIND} job on {t}")
+        where = "on a moving volume" if self.storage else "in a shared directory"
+        self.say(f"[bold]{self.size_gib:g} GiB[/]: starting a {KIND} job on {t}, {where}")
         t0 = time.monotonic()
-        self.inst, self.body = start_job(self.p, t)
+        self.inst, self.body = start_job(self.p, t, self.storage and self.storage.mount)
         self.rec["job_start_s"] = round(time.monotonic() - t0, 3)
         self.kid = jws.create_kernel(self.base, self.token)
         self.connect()
@@ -369,8 +402,11 @@ class SizeRun:
     def _migrations(self) -> None:
         migrator = Migrator(self.p)
         t = self.rec["type"]
-        for i in range(2 * self.repeat):
-            mode = MODES[i % 2]
+        n = len(self.modes) * self.repeat
+        for i in range(n):
+            mode = self.modes[i % len(self.modes)]
+            # Migrator moves a job whose directory is not shared in copy mode by itself.
+            transfer = "copy" if mode == volume.MODE else mode
             assert self.inst is not None
             source = self.inst
             self.disconnect()
@@ -379,14 +415,15 @@ class SizeRun:
                 r = migrator.migrate(
                     source,
                     target_type=t,
-                    transfer=mode,  # type: ignore[arg-type]
+                    transfer=transfer,  # type: ignore[arg-type]
                     reason="benchmark",
                     on_step=lambda s: None,
                 )
             except MigrationError as exc:
                 # The contract: the job keeps running on the source, nothing lost.
                 self.say(f"[red]  migration {i + 1} ({mode}) failed: {exc}")
-                fail = {"transfer": mode, "error": str(exc), "detail": (exc.detail or "")[-2000:]}
+                fail = {"mode": mode, "transfer": transfer, "error": str(exc)}
+                fail["detail"] = (exc.detail or "")[-2000:]
                 fail.update(self.verify(f"after failed migration {i + 1}"))
                 self.rec["failed_migrations"].append(fail)
                 continue
@@ -395,13 +432,14 @@ class SizeRun:
             if new is None:
                 raise BenchFailure(f"target instance {r.target_instance} vanished")
             self.inst = new
-            rec = {**r.to_dict(), "wall_s": round(wall, 4)}
+            rec = {"mode": mode, **r.to_dict(), "wall_s": round(wall, 4)}
             rec.update(self.verify(f"migration {i + 1} ({mode})"))
             self.rec["migrations"].append(rec)
+            moved = f" storage {r.storage_s:.2f}" if mode == volume.MODE else ""
             self.say(
-                f"  move {i + 1}/{2 * self.repeat} {mode:11s} downtime {r.downtime_s:.2f} s "
-                f"(freeze {r.freeze_s:.2f} dump {r.dump_s:.2f} transfer {r.transfer_s:.2f} "
-                f"restore {r.restore_s:.2f}), total {r.total_s:.2f} s, "
+                f"  move {i + 1}/{n} {mode:11s} downtime {r.downtime_s:.2f} s "
+                f"(freeze {r.freeze_s:.2f} dump {r.dump_s:.2f} transfer {r.transfer_s:.2f}"
+                f"{moved} restore {r.restore_s:.2f}), total {r.total_s:.2f} s, "
                 f"checkpoint {r.checkpoint_bytes / GIB:.2f} GiB, data intact"
             )
 
@@ -501,7 +539,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def run(sizes: list[float], repeat: int, say: Say) -> dict[str, Any]:
+def run(
+    sizes: list[float], repeat: int, say: Say, *, modes: tuple[str, ...] = MODES
+) -> dict[str, Any]:
+    if unknown := set(modes) - set(MODES):
+        raise ValueError(f"unknown modes {sorted(unknown)} (known: {', '.join(MODES)})")
+    shared = tuple(m for m in MODES if m in modes and m != volume.MODE)
     if os.geteuid() != 0:
         raise SystemExit("the migration benchmark needs root (namespaces, cgroups, CRIU)")
     if not CRIU.exists():
@@ -510,9 +553,14 @@ def run(sizes: list[float], repeat: int, say: Say) -> dict[str, Any]:
     pool = _free_pool()
     data_dir = Path(tempfile.mkdtemp(prefix=f"outgrow-bench-{prefix}-", dir="/var/tmp"))
     settings = Settings(
-        data_dir=data_dir, resource_prefix=prefix, address_pool=pool, criu_path=CRIU
+        data_dir=data_dir,
+        resource_prefix=prefix,
+        address_pool=pool,
+        criu_path=CRIU,
+        local_job_storage="shared",
     )
     provider = LocalProvider(settings)
+    vol_provider = volume.provider_for(settings)  # same data dir, prefix and pool
     say(f"resource prefix {prefix}, pool {pool}, data dir {data_dir}")
     result: dict[str, Any] = {
         "resource_prefix": prefix,
@@ -520,7 +568,8 @@ def run(sizes: list[float], repeat: int, say: Say) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "sizes_gib": sizes,
         "repeat_per_mode": repeat,
-        "modes": list(MODES),
+        "modes": [m for m in MODES if m in modes],
+        "volume_gib": volume.VOLUME_GIB if volume.MODE in modes else None,
         "state_basis_of_target": "median checkpoint bytes (decimal GB)",
         "sizes": [],
         "rows": [],
@@ -529,7 +578,12 @@ def run(sizes: list[float], repeat: int, say: Say) -> dict[str, Any]:
     with _sigterm_as_interrupt():
         try:
             for s in sizes:
-                rec = SizeRun(provider, s, repeat, say).run()
+                rec = SizeRun(provider, s, repeat, say, shared).run() if shared else None
+                if volume.MODE in modes:
+                    job_volume = volume.JobVolume(vol_provider, say)
+                    vrec = SizeRun(vol_provider, s, repeat, say, (volume.MODE,), job_volume).run()
+                    rec = volume.merge(rec, vrec)
+                assert rec is not None
                 result["sizes"].append(rec)
                 result["rows"] += summarise_size(rec)
         finally:
@@ -539,81 +593,39 @@ def run(sizes: list[float], repeat: int, say: Say) -> dict[str, Any]:
             try:
                 say("tearing down every instance of this run")
                 provider.teardown()
-                shutil.rmtree(data_dir, ignore_errors=True)
+                result["leftovers"] = volume.leftovers(data_dir)
+                if not result["leftovers"]:  # never rmtree into a volume still mounted
+                    shutil.rmtree(data_dir, ignore_errors=True)
             finally:
                 signal.signal(signal.SIGINT, old_int)
                 signal.signal(signal.SIGTERM, old_term)
     result["runtime_s"] = round(time.monotonic() - t0, 1)
-    result["ok"] = all(
-        not r["errors"] and not r["failed_migrations"] for r in result["sizes"]
-    ) and all(row["intact"] for row in result["rows"])
+    result["ok"] = (
+        all(not r["errors"] and not r["failed_migrations"] for r in result["sizes"])
+        and all(row["intact"] for row in result["rows"])
+        and not result["leftovers"]
+    )
     return result
 
 
 def table(result: dict[str, Any]) -> Table:
+    """One row per size and mode (medians; downtime also with its min–max)."""
     t = Table(
         title="Live migration of a Jupyter kernel (medians; downtime with min–max)",
         caption="seconds unless marked; target = 0.3 s + checkpoint GB / 2 (DESIGN §6); in "
         "page-server mode the pages stream during the dump (xfer = the other images only); "
-        "raw = criu dump / restore through the agent, no page server, no copy, same instance; "
-        "reload = new kernel + rebuild the data",
+        "volume = the job directory on a loop volume moved with the job (copy mode; storage = "
+        "unmount, detach, attach, mount, inside the downtime); /ps and /copy = downtime over "
+        "those modes'; raw = criu dump / restore through the agent, no page server, no copy, "
+        "same instance; reload = new kernel + rebuild the data",
         header_style="bold",
     )
-    cols = [
-        ("GiB", "right"),
-        ("type", "left"),
-        ("mode", "left"),
-        ("n", "right"),
-        ("data GiB", "right"),
-        ("kern RSS", "right"),
-        ("cgroup", "right"),
-        ("freeze", "right"),
-        ("dump", "right"),
-        ("xfer", "right"),
-        ("restore", "right"),
-        ("downtime", "right"),
-        ("total", "right"),
-        ("ckpt GiB", "right"),
-        ("ckpt/RSS", "right"),
-        ("raw dump", "right"),
-        ("raw rest", "right"),
-        ("reload", "right"),
-        ("target", "right"),
-        ("meets", "center"),
-        ("down/raw", "right"),
-        ("reload/down", "right"),
-        ("intact", "center"),
-    ]
-    for name, justify in cols:
+    for name, justify, _ in COLUMNS:
         # downtime carries its min–max: never cut it
         width = 19 if name == "downtime" else None
         t.add_column(name, justify=justify, min_width=width)  # type: ignore[arg-type]
     for r in result["rows"]:
-        t.add_row(
-            f"{r['size_gib']:g}",
-            str(r["type"]),
-            r["mode"],
-            str(r["n"]),
-            fmt_gib(r["data_bytes"]),
-            fmt_gib(r["kernel_rss_bytes"]),
-            fmt_gib(r["job_mem_used_bytes"]),
-            fmt_s(r["freeze_s"]),
-            fmt_s(r["dump_s"]),
-            fmt_s(r["transfer_s"]),
-            fmt_s(r["restore_s"]),
-            fmt_s(r["downtime_s"], spread=True),
-            fmt_s(r["total_s"]),
-            fmt_gib(r["checkpoint_bytes"]),
-            fmt_ratio(r["checkpoint_rss_ratio"]),
-            fmt_s(r["raw_dump_s"]),
-            fmt_s(r["raw_restore_s"]),
-            fmt_s(r["reload_s"]),
-            fmt_s(r["target_s"]),
-            fmt_bool(r["meets_target"]),
-            fmt_ratio(r["downtime_over_raw"]),
-            fmt_ratio(r["reload_over_downtime"]),
-            fmt_bool(r["intact"]),
-        )
+        t.add_row(*(cell(r) for _, _, cell in COLUMNS))
     return t
 
 
@@ -623,5 +635,7 @@ def problems(result: dict[str, Any]) -> list[str]:
         for e in s["errors"]:
             out.append(f"{s['size_gib']:g} GiB: {e['step']}: {e['error']}")
         for f in s["failed_migrations"]:
-            out.append(f"{s['size_gib']:g} GiB: {f['transfer']} migration failed: {f['error']}")
+            mode = f.get("mode", f["transfer"])
+            out.append(f"{s['size_gib']:g} GiB: {mode} migration failed: {f['error']}")
+    out += [f"left behind: {x}" for x in result.get("leftovers", [])]
     return out

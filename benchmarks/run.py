@@ -1,6 +1,7 @@
 """Run every benchmark (`make bench`): one table each, one JSON file with everything.
 
-    .venv/bin/python benchmarks/run.py [--sizes 0.25,1,2,4] [--repeat 3] [--quick] [--out PATH]
+    .venv/bin/python benchmarks/run.py [--sizes 0.25,1,2,4] [--repeat 3] [--quick]
+        [--modes page-server,copy,volume] [--out PATH]
 
 The JSON (default ``benchmarks/results/<UTC timestamp>.json``, git-ignored) holds the raw
 figures of every run, the summarised rows and the machine facts (kernel, CPUs, memory,
@@ -40,6 +41,16 @@ def parse_sizes(text: str) -> list[float]:
     return sizes
 
 
+def parse_modes(text: str) -> tuple[str, ...]:
+    """Migration modes, in the benchmark's order whatever the order given."""
+    modes = {m.strip() for m in text.split(",") if m.strip()}
+    if not modes or modes - set(migration.MODES):
+        raise argparse.ArgumentTypeError(
+            f"--modes needs one or more of {','.join(migration.MODES)}, got {text!r}"
+        )
+    return tuple(m for m in migration.MODES if m in modes)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -49,9 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=None,
-        help="runs per transfer mode, raw-CRIU round and reload (default 3)",
+        help="runs per migration mode, raw-CRIU round and reload (default 3)",
     )
     ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, repeat 1")
+    ap.add_argument(
+        "--modes",
+        type=parse_modes,
+        default=migration.MODES,
+        help=f"migration modes (default all: {','.join(migration.MODES)}); page-server and\n"
+        "copy move a job whose directory is shared (with them: the raw CRIU and reload\n"
+        "rounds), volume one whose directory is on a loop volume that moves with it",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args(argv)
     if args.sizes is None:
@@ -140,12 +159,17 @@ def machine_facts(criu: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(width=max(Console().width, 250))
+    console = Console(width=max(Console().width, 270))
     started = dt.datetime.now(dt.UTC)
     out = args.out or HERE / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     report: dict[str, Any] = {
         "started_at": started.isoformat(timespec="seconds"),
-        "options": {"sizes_gib": args.sizes, "repeat": args.repeat, "quick": args.quick},
+        "options": {
+            "sizes_gib": args.sizes,
+            "repeat": args.repeat,
+            "quick": args.quick,
+            "modes": list(args.modes),
+        },
         "machine": machine_facts(migration.CRIU),
         "benchmarks": {},
     }
@@ -154,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     for bench in BENCHMARKS:
         console.rule(f"benchmark: {bench.NAME}")
         try:
-            result = bench.run(args.sizes, args.repeat, console.log)
+            opts = {"modes": args.modes} if bench is migration else {}
+            result = bench.run(args.sizes, args.repeat, console.log, **opts)
         except KeyboardInterrupt:
             console.print("[red]interrupted; everything created was deleted")
             return 130

@@ -2,13 +2,13 @@
 
 No I/O and no outgrow runtime here, so tests/unit/test_bench_summary.py can check it with
 made-up inputs. The migration benchmark stores raw figures per data size (see
-``summarise_size`` for the shape) and turns them into one row per size and transfer mode.
+``summarise_size`` for the shape) and turns them into one row per size and mode.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 GIB = 1024**3
@@ -24,6 +24,13 @@ HEADROOM_FACTOR = 1.4
 HEADROOM_GIB = 0.5
 
 TIMINGS = ("freeze_s", "dump_s", "transfer_s", "restore_s", "downtime_s", "total_s")
+
+# The modes of the migration benchmark: the two transfer modes with the job directory shared
+# between instances, and "volume": the directory on a volume that moves with the job (the
+# move itself goes in copy mode, see orchestrator/migrate.py).
+MODES = ("page-server", "copy", "volume")
+# Every row's downtime is compared with these modes' (same size, same run).
+BASELINES = ("page-server", "copy")
 
 
 class TypeLike(Protocol):
@@ -84,19 +91,26 @@ def meets(value: float | None, limit: float | None) -> bool | None:
     return value <= limit
 
 
+def mode_of(migration: Mapping[str, Any]) -> str:
+    """The benchmark mode of a migration: ``mode`` when recorded (a volume move transfers
+    in copy mode), else its transfer mode."""
+    return str(migration.get("mode") or migration["transfer"])
+
+
 def split_modes(migrations: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Migrations grouped by transfer mode, modes in first-seen order."""
+    """Migrations grouped by mode, modes in first-seen order."""
     out: dict[str, list[Mapping[str, Any]]] = {}
     for m in migrations:
-        out.setdefault(str(m["transfer"]), []).append(m)
+        out.setdefault(mode_of(m), []).append(m)
     return out
 
 
 def summarise_size(size: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per transfer mode for one data size.
+    """One row per mode for one data size.
 
     ``size`` holds: size_gib, type, data_bytes, kernel_rss_bytes, job_mem_used_bytes,
-    migrations (dicts with transfer, the TIMINGS, checkpoint_bytes, rss_bytes, intact),
+    migrations (dicts with transfer, optionally mode (see ``mode_of``), the TIMINGS,
+    storage_s (volume moves), checkpoint_bytes, rss_bytes, intact),
     raw_criu (dicts with freeze_s, dump_s, restore_s, intact) and reload (dicts with
     reload_s, intact). Failed attempts are simply absent; ``intact`` False marks a run
     whose data did not survive (it is counted, and the row says so).
@@ -122,7 +136,7 @@ def summarise_size(size: Mapping[str, Any]) -> list[dict[str, Any]]:
             "kernel_rss_bytes": size.get("kernel_rss_bytes"),
             "job_mem_used_bytes": size.get("job_mem_used_bytes"),
         }
-        for key in (*TIMINGS, "create_target_s"):
+        for key in (*TIMINGS, "storage_s", "create_target_s"):
             row[key] = stats(r.get(key) for r in runs)
         ck = stats(r.get("checkpoint_bytes") for r in runs)
         rss = stats(r.get("rss_bytes") for r in runs)
@@ -144,6 +158,13 @@ def summarise_size(size: Mapping[str, Any]) -> list[dict[str, Any]]:
             bool(r.get("intact")) for r in (*raw, *reload_)
         )
         rows.append(row)
+    # Downtime of each mode against the baselines' (None for a row against itself).
+    downtime = {r["mode"]: med(r["downtime_s"]) for r in rows}
+    for row in rows:
+        for base in BASELINES:
+            key = f"downtime_over_{base.replace('-', '_')}"
+            mine = med(row["downtime_s"]) if row["mode"] != base else None
+            row[key] = ratio(mine, downtime.get(base))
     return rows
 
 
@@ -170,3 +191,34 @@ def fmt_ratio(r: float | None) -> str:
 
 def fmt_bool(v: bool | None) -> str:
     return "—" if v is None else ("yes" if v else "NO")
+
+
+# The table: header, justification, the cell of a summary row (summarise_size).
+COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("GiB", "right", lambda r: f"{r['size_gib']:g}"),
+    ("type", "left", lambda r: str(r["type"])),
+    ("mode", "left", lambda r: str(r["mode"])),
+    ("n", "right", lambda r: str(r["n"])),
+    ("data GiB", "right", lambda r: fmt_gib(r["data_bytes"])),
+    ("kern RSS", "right", lambda r: fmt_gib(r["kernel_rss_bytes"])),
+    ("cgroup", "right", lambda r: fmt_gib(r["job_mem_used_bytes"])),
+    ("freeze", "right", lambda r: fmt_s(r["freeze_s"])),
+    ("dump", "right", lambda r: fmt_s(r["dump_s"])),
+    ("xfer", "right", lambda r: fmt_s(r["transfer_s"])),
+    ("storage", "right", lambda r: fmt_s(r["storage_s"])),
+    ("restore", "right", lambda r: fmt_s(r["restore_s"])),
+    ("downtime", "right", lambda r: fmt_s(r["downtime_s"], spread=True)),
+    ("total", "right", lambda r: fmt_s(r["total_s"])),
+    ("ckpt GiB", "right", lambda r: fmt_gib(r["checkpoint_bytes"])),
+    ("ckpt/RSS", "right", lambda r: fmt_ratio(r["checkpoint_rss_ratio"])),
+    ("raw dump", "right", lambda r: fmt_s(r["raw_dump_s"])),
+    ("raw rest", "right", lambda r: fmt_s(r["raw_restore_s"])),
+    ("reload", "right", lambda r: fmt_s(r["reload_s"])),
+    ("target", "right", lambda r: fmt_s(r["target_s"])),
+    ("meets", "center", lambda r: fmt_bool(r["meets_target"])),
+    ("/ps", "right", lambda r: fmt_ratio(r["downtime_over_page_server"])),
+    ("/copy", "right", lambda r: fmt_ratio(r["downtime_over_copy"])),
+    ("down/raw", "right", lambda r: fmt_ratio(r["downtime_over_raw"])),
+    ("reload/down", "right", lambda r: fmt_ratio(r["reload_over_downtime"])),
+    ("intact", "center", lambda r: fmt_bool(r["intact"])),
+]

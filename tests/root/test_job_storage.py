@@ -10,6 +10,7 @@ through the move and its variables survive.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -241,3 +242,43 @@ def test_s3_synced_directory_and_checkpoint(s3_cp: Server, moto_s3: Any) -> None
     assert cp.post(f"/jobs/{job}/cancel").status_code == 202
     cp.wait(job, {"Cancelled"})
     assert s3_keys(moto_s3, job) == []  # the job's storage went with it
+
+
+@pytest.mark.parametrize("how", ["unreachable", "dropped"])
+def test_agents_that_cannot_reach_each_other_move_through_s3(
+    s3_cp: Server, moto_s3: Any, how: str
+) -> None:
+    """A real partition: the source instance cannot open connections to other instances
+    (unreachable routes, or an nftables drop, in its namespace; the control plane and S3
+    at the bridge address stay reachable). The direct transfer fails (at once, or after
+    the 5 s connect timeout), the job resumes, and the move is done again through S3
+    (moto's fake S3); the transfer object is deleted afterwards."""
+    cp = s3_cp
+    job, j, ks = start_notebook(cp, f"apart-{how}")
+    src = j["instance"]
+    rec = cp.provider._record(src["id"])
+    assert rec is not None
+    net = ipaddress.ip_network(cp.plane.settings.address_pool)
+    gateway = net.network_address + 1
+    ns = ["nsenter", f"--net={rec['netns']}"]
+    if how == "unreachable":  # connecting fails at once
+        for half in net.subnets(1):
+            subprocess.run([*ns, "ip", "route", "add", "unreachable", str(half)], check=True)
+        subprocess.run([*ns, "ip", "route", "add", f"{gateway}/32", "dev", "eth0"], check=True)
+    else:  # packets vanish (a security group that drops): connecting times out
+        rules = (
+            "table inet ogtest_partition {\n"
+            "  chain out { type filter hook output priority 0; policy accept;\n"
+            f"    ip daddr {net} ip daddr != {gateway} meta l4proto tcp drop\n  }}\n}}\n"
+        )
+        subprocess.run([*ns, "nft", "-f", "-"], input=rules.encode(), check=True)
+    assert cp.post(f"/jobs/{job}/migrate", {"mem": 1}).status_code == 202
+    j = wait_moved(cp, job, 1)
+    move = [e for e in j["events"] if e["type"] == "migration"][-1]
+    assert move["data"]["transfer"] == "s3", move
+    assert j["instance"]["id"] != src["id"]
+    check_state(ks, (4 << 20) + 1)
+    ks.close()
+    assert not [k for k in s3_keys(moto_s3, job) if "/transfer/" in k]
+    assert cp.post(f"/jobs/{job}/cancel").status_code == 202
+    cp.wait(job, {"Cancelled"})

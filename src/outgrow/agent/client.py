@@ -11,6 +11,8 @@ import httpx
 from outgrow.domain.storage import JobStorage
 from outgrow.errors import AgentError
 
+CONNECT_TIMEOUT = 5.0  # seconds; agents are one network hop away
+
 
 class AgentClient:
     def __init__(self, url: str, token: str, timeout: float = 30.0):
@@ -18,7 +20,7 @@ class AgentClient:
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
         )
 
     def __enter__(self) -> Self:
@@ -36,7 +38,10 @@ class AgentClient:
         self, method: str, path: str, *, timeout: float | None = None, **kw: Any
     ) -> dict[str, Any]:
         try:
-            r = self._http.request(method, path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kw)
+            # A long call may wait long for its answer, never long for a connection: an
+            # unreachable peer (a dropped SYN) must fail in seconds, not after 900.
+            limit = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT) if timeout else None
+            r = self._http.request(method, path, timeout=limit or httpx.USE_CLIENT_DEFAULT, **kw)
         except httpx.TimeoutException as exc:
             raise AgentError(f"agent at {self.url} did not answer {method} {path} in time") from exc
         except httpx.HTTPError as exc:

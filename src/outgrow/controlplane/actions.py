@@ -267,6 +267,7 @@ def migrate(
         to_type=result.to_type,
         downtime_s=result.downtime_s,
         checkpoint_bytes=result.checkpoint_bytes,
+        transfer=result.transfer,
         timings={
             k: getattr(result, k)
             for k in (

@@ -19,6 +19,7 @@ source from its kept images (the job keeps running where it was, after a pause)
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -133,6 +134,44 @@ class Migrator:
             }
         )
 
+    def _dump(
+        self,
+        src: AgentClient,
+        dst: AgentClient,
+        target: InstanceInfo,
+        job_id: str,
+        page_server: bool,
+        step: Callable[[str], None],
+    ) -> tuple[dict[str, Any], Callable[[], dict[str, Any]], str | None]:
+        """Checkpoint the source straight into the target; if that fails (the agents
+        cannot reach each other) and the provider has object storage, again through it.
+        Returns the checkpoint answer, how to restore on the target, and the transfer
+        URL used (None: direct). On failure the source job runs on (aborted)."""
+        rx = dst.prepare_receive(page_server=page_server)
+        step("checkpointing")
+        try:
+            ck = src.checkpoint(
+                target_url=target.agent_url,
+                target_token=target.agent_token,
+                receive_id=rx["receive_id"],
+                page_server_port=rx.get("page_server_port"),
+            )
+            return ck, lambda: dst.restore(receive_id=rx["receive_id"]), None
+        except OutgrowError as exc:
+            _quietly(lambda: dst.drop_receive(rx["receive_id"]))
+            _quietly(src.abort)
+            url = self.provider.transfer_url(job_id, secrets.token_hex(6))
+            if url is None:
+                raise
+            step(f"direct transfer failed ({exc}); checkpointing through {url}")
+        try:
+            ck = src.checkpoint(dest_url=url)
+        except OutgrowError:
+            _quietly(src.abort)
+            _quietly(lambda: self.provider.delete_checkpoint(url))
+            raise
+        return ck, lambda: dst.restore(source_url=url), url
+
     def _move(
         self,
         src: AgentClient,
@@ -144,35 +183,24 @@ class Migrator:
         step: Callable[[str], None],
     ) -> dict[str, Any]:
         with agent(target) as dst:
-            rx = dst.prepare_receive(page_server=transfer == "page-server")
-            step("checkpointing")
             t_down = time.monotonic()
-            try:
-                ck = src.checkpoint(
-                    target_url=target.agent_url,
-                    target_token=target.agent_token,
-                    receive_id=rx["receive_id"],
-                    page_server_port=rx.get("page_server_port"),
-                )
-            except OutgrowError:
-                _quietly(lambda: dst.drop_receive(rx["receive_id"]))
-                _quietly(src.abort)
-                raise
+            ck, restore, url = self._dump(src, dst, target, job_id, transfer == "page-server", step)
             step("restoring on the target")
             try:
-                rs = dst.restore(receive_id=rx["receive_id"])
+                rs = restore()
             except OutgrowError:
                 _quietly(src.abort)
                 raise
+            finally:
+                if url:
+                    _quietly(lambda: self.provider.delete_checkpoint(url))
             downtime = time.monotonic() - t_down
             step("committing")
             try:
                 src.commit()
-            except (
-                OutgrowError
-            ) as exc:  # the target runs the job; the source copy is killed on delete
+            except OutgrowError as exc:  # the target runs the job; the source copy dies on delete
                 log.error("commit on %s failed: %s", source.id, exc)
-        return _result(job_id, reason, source, target, transfer, ck, rs, downtime)
+        return _result(job_id, reason, source, target, "s3" if url else transfer, ck, rs, downtime)
 
     def _move_with_storage(
         self,
@@ -185,37 +213,36 @@ class Migrator:
         step: Callable[[str], None],
     ) -> dict[str, Any]:
         with agent(target) as dst:
-            rx = dst.prepare_receive(page_server=False)  # the source must keep its pages
-            step("checkpointing")
             t_down = time.monotonic()
+            # Copy mode: the source keeps its images to restore from if the move fails.
+            ck, restore, url = self._dump(src, dst, target, job_id, False, step)
             try:
-                ck = src.checkpoint(
-                    target_url=target.agent_url,
-                    target_token=target.agent_token,
-                    receive_id=rx["receive_id"],
-                )
-                src.commit(keep_images=True)
-            except OutgrowError:
-                _quietly(lambda: dst.drop_receive(rx["receive_id"]))
-                _quietly(src.abort)
-                raise
-            t_s = time.monotonic()
-            moved: JobStorage | None = None
-            try:
-                step(f"moving the job directory ({storage.kind.value})")
-                src.release_storage(job_id, storage)
-                self.provider.detach_job_storage(job_id, source)
-                moved = self.provider.attach_job_storage(job_id, target)
-                dst.mount_storage(job_id, moved)
-                storage_s = time.monotonic() - t_s
-                step("restoring on the target")
-                rs = dst.restore(receive_id=rx["receive_id"])
-            except OutgrowError as exc:
-                self._restore_on_source(src, dst, source, target, job_id, moved, step, exc)
-                raise
+                try:
+                    src.commit(keep_images=True)
+                except OutgrowError:
+                    _quietly(src.abort)
+                    raise
+                t_s = time.monotonic()
+                moved: JobStorage | None = None
+                try:
+                    step(f"moving the job directory ({storage.kind.value})")
+                    src.release_storage(job_id, storage)
+                    self.provider.detach_job_storage(job_id, source)
+                    moved = self.provider.attach_job_storage(job_id, target)
+                    dst.mount_storage(job_id, moved)
+                    storage_s = time.monotonic() - t_s
+                    step("restoring on the target")
+                    rs = restore()
+                except OutgrowError as exc:
+                    self._restore_on_source(src, dst, source, target, job_id, moved, step, exc)
+                    raise
+            finally:
+                if url:
+                    _quietly(lambda: self.provider.delete_checkpoint(url))
             downtime = time.monotonic() - t_down
             _quietly(src.discard_images)
-        return _result(job_id, reason, source, target, "copy", ck, rs, downtime, storage_s)
+        transfer = "s3" if url else "copy"
+        return _result(job_id, reason, source, target, transfer, ck, rs, downtime, storage_s)
 
     def _restore_on_source(
         self,

@@ -111,8 +111,14 @@ class Provider(ABC):
         control plane's host)."""
         return None
 
+    def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
+        """Where a migration's checkpoint goes when the two agents cannot reach each other
+        (an s3:// URL, deleted after the move), or None: no fallback, the move fails."""
+        return None
+
     def delete_checkpoint(self, url: str) -> None:
-        """Delete a checkpoint kept at ``url`` (from checkpoint_url); idempotent."""
+        """Delete a checkpoint kept at ``url`` (from checkpoint_url or transfer_url);
+        idempotent."""
         return None
 
     def delete_security_group(self, job_id: str) -> None:

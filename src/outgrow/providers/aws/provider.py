@@ -253,11 +253,21 @@ class AwsProvider(Provider):
         store = self._store()
         return url_of(store.bucket, store.key("suspend", job_id, checkpoint_id))
 
+    def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
+        """``s3://bucket/<prefix>/<cluster>/transfer/<job>/<checkpoint>.tar`` when a bucket
+        is configured (the lifecycle rule expires leftovers after a day), else None."""
+        if not self.aws.s3_bucket:
+            return None
+        store = self._store()
+        return url_of(store.bucket, store.key("transfer", job_id, checkpoint_id))
+
     def delete_checkpoint(self, url: str) -> None:
-        """Delete a suspend checkpoint (and its manifest); idempotent. Only URLs
-        ``checkpoint_url`` makes (``…/suspend/<job>/<id>.tar``) are accepted."""
+        """Delete a suspend or transfer checkpoint (and its manifest); idempotent. Only
+        URLs ``checkpoint_url``/``transfer_url`` make (``…/suspend|transfer/<job>/<id>.tar``)
+        are accepted."""
         _, key = parse_url(url)
-        if "/suspend/" not in f"/{key}" or not key.endswith(".tar"):
+        kinds = ("/suspend/", "/transfer/")
+        if not any(k in f"/{key}" for k in kinds) or not key.endswith(".tar"):
             raise ProviderError(f"{url} is not a suspend checkpoint of outgrow: not deleted")
         delete_url(url, self.adaptor)
 

@@ -398,6 +398,9 @@ class LocalProvider(Provider):
     def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str | None:
         return self.job_storage.checkpoint_url(job_id, checkpoint_id)
 
+    def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
+        return self.job_storage.transfer_url(job_id, checkpoint_id)
+
     def delete_checkpoint(self, url: str) -> None:
         self.job_storage.delete_checkpoint(url)
 

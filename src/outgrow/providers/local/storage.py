@@ -108,6 +108,9 @@ class LocalJobStorage:
     def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str | None:
         return self._url("suspend", job_id, checkpoint_id) if self.mode == "s3" else None
 
+    def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
+        return self._url("transfer", job_id, checkpoint_id) if self.mode == "s3" else None
+
     def delete_checkpoint(self, url: str) -> None:
         if not url.startswith("s3://"):
             return  # checkpoints in the data dir are the control plane's to remove
