@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,7 @@ class ServerProcess:
     port: int
     pool: str
     proc: Any = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # more OUTGROW_* settings
 
     @property
     def api(self) -> str:
@@ -125,6 +126,7 @@ class ServerProcess:
             "OUTGROW_PORT": str(self.port),
             "OUTGROW_ADMIN_PASSWORD": "admin-password-1",
             "XDG_CONFIG_HOME": str(self.tmp / "config"),
+            **self.extra_env,
         }
 
     def start(self) -> None:

@@ -3,16 +3,22 @@ finds its jobs and instances again on restart: no job lost, none duplicated."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
 from conftest import leftovers, make_settings, unique_prefix
 from cp_server import ServerProcess, free_port
+from outgrow.agent.client import AgentClient
+from outgrow.controlplane import actions
 from outgrow.providers.local.provider import LocalProvider
+from outgrow.store import Store
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -99,3 +105,92 @@ def test_kill9_during_executing_and_floating(tmp_path: Path) -> None:
         srv.stop()
         LocalProvider(make_settings(tmp_path, prefix)).teardown()
     assert leftovers(prefix) == []
+
+
+def test_kill9_after_the_source_stopped_in_a_volume_move(tmp_path: Path) -> None:
+    """The worst moment of a move whose storage moves: the source's tree has ended (its
+    images kept) and the volume has left it, when the control plane dies. Driven to that
+    exact point by hand with the real agents, provider and store (what the dead control
+    plane had done), then restarted: the job is restored on the source from its kept
+    checkpoint with its volume, the half-made target is deleted, nothing restarts."""
+    prefix = unique_prefix()
+    pool = f"198.19.{random.randint(1, 250)}.0/24"
+    extra = {"OUTGROW_LOCAL_JOB_STORAGE": "volume", "OUTGROW_LOCAL_VOLUME_GIB": "0.25"}
+    srv = ServerProcess(tmp_path, prefix, free_port(), pool, extra_env=extra)
+    settings = make_settings(
+        tmp_path, prefix, address_pool=pool, local_job_storage="volume", local_volume_gib=0.25
+    )
+    srv.start()
+    try:
+        h = {"Authorization": f"Bearer {srv.token()}"}
+        r = httpx.post(
+            f"{srv.api}/jobs",
+            headers=h,
+            timeout=30,
+            json={"name": "cut", "image": "python", "script": COUNTER, "mem": "0.25"},
+        )
+        ref = r.json()["id"]
+        j = _wait(srv, h, ref, {"Executing"})
+        src_id = j["instance"]["id"]
+        srv.kill9()
+
+        provider = LocalProvider(settings)
+        source = provider.describe_instance(src_id)
+        assert source is not None
+        target = provider.create_instance("lc.small", tags={"outgrow:job": ref})
+        store = Store.open(f"sqlite:///{tmp_path}/outgrow.db")
+        try:
+            actions.record_instance(SimpleNamespace(store=store), ref, target, "starting")  # type: ignore[arg-type]
+            store.set_status(ref, "Floating", "manual → lc.small")
+        finally:
+            store.close()
+        storage = provider.attach_job_storage(ref, source)
+        with (
+            AgentClient(source.agent_url, source.agent_token) as a,
+            AgentClient(target.agent_url, target.agent_token) as b,
+        ):
+            rx = b.prepare_receive(page_server=False)
+            a.checkpoint(
+                target_url=target.agent_url,
+                target_token=target.agent_token,
+                receive_id=rx["receive_id"],
+            )
+            a.commit(keep_images=True)
+            a.release_storage(ref, storage)
+            provider.detach_job_storage(ref, source)
+            assert a.job()["kept_checkpoint"] is True
+        job_dir = tmp_path / "jobs" / ref
+        assert not os.path.ismount(job_dir)
+
+        srv.start()  # the control plane comes back
+        j = _wait(srv, h, ref, {"Executing"})
+        assert j["instance"]["id"] == src_id
+        assert any("kept checkpoint" in e["reason"] for e in j["events"]), j["events"]
+        assert [i.id for i in provider.list_instances()] == [src_id]
+        assert os.path.ismount(job_dir)
+        m = _counter(srv, h, ref)
+        assert m == list(range(1, len(m) + 1)), "the job was restarted or duplicated"
+        time.sleep(0.5)
+        assert _counter(srv, h, ref)[-1] > m[-1]  # and it runs on
+        httpx.post(f"{srv.api}/jobs/{ref}/cancel", headers=h, timeout=10)
+        _wait(srv, h, ref, {"Cancelled"})
+        assert not os.path.ismount(job_dir)
+    finally:
+        srv.stop()
+        LocalProvider(settings).teardown()
+    assert leftovers(prefix, str(tmp_path)) == []
+
+
+def _wait(srv: ServerProcess, h: dict[str, str], ref: str, st: set[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        j: dict[str, Any] = httpx.get(f"{srv.api}/jobs/{ref}", headers=h, timeout=10).json()
+        if j["status"] in st:
+            return j
+        time.sleep(0.1)
+    raise AssertionError(f"{ref}: {j['status']} {j['status_reason']}")
+
+
+def _counter(srv: ServerProcess, h: dict[str, str], ref: str) -> list[int]:
+    r = httpx.get(f"{srv.api}/jobs/{ref}/logs", headers=h, timeout=10)
+    return [int(x) for x in r.json()["data"].split()]

@@ -304,6 +304,10 @@ class Agent:
                 "reclaim_at": self._reclaim_at,
                 "reclaim_source": self._reclaim_source,
                 "restored": job.restored,
+                # A storage move kept the images of the ended tree (Migrator): the job can
+                # be restored here if the move was cut (control plane restart).
+                "kept_checkpoint": job.phase == "stopped"
+                and (self.cfg.work_dir / "checkpoint" / "job.json").exists(),
                 "image_progress": list(self._image_progress)[-10:],
                 "image_progress_total": self._image_progress_total,
             }

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from outgrow.controlplane import actions
+from outgrow.controlplane import actions, jobdirs
 from outgrow.domain.jobs import MetricPoint
 from outgrow.domain.policy import parse_cpu_range, parse_mem_range
 from outgrow.domain.rules import Context, Sample, evaluate
@@ -267,6 +267,27 @@ class Scheduler(threading.Thread):
                 log.warning("deleting orphan instance %s", inst.id)
                 provider.delete_instance(inst.id)
 
+    def _restore_kept(self, rec: JobRecord, source: Any, others: list[Any]) -> None:
+        """A move with non-shared storage was cut after the source's tree ended: take the
+        storage back from wherever it got to and restore the job on the source from the
+        images it kept (what Migrator would have done had the move failed)."""
+        cp = self.cp
+        for inst in [*others, source]:  # detached from every instance, the source last
+            try:
+                jobdirs.release(cp, rec.id, inst, keep_logs=False)
+            except OutgrowError as exc:  # not there, or held by another instance
+                log.info("reconcile %s: storage not released from %s: %s", rec.id, inst.id, exc)
+        jobdirs.mount(cp, rec.id, source)
+        with agent(source) as a:
+            a.restore(local_checkpoint=True)
+            a.discard_images()
+        cp.store.add_event(
+            rec.id,
+            "info",
+            f"reconcile: the move was cut after the job stopped on {source.id}; "
+            "restored there from its kept checkpoint",
+        )
+
     def _phase(self, instance_id: str) -> tuple[Any, dict[str, Any] | None]:
         inst = self.cp.provider.describe_instance(instance_id)
         if inst is None:
@@ -318,6 +339,15 @@ class Scheduler(threading.Thread):
                     with agent(inst) as a:
                         a.abort()  # the move did not finish: resume the source copy
                     keep = rec.current_instance_id
+            if keep is None and status == S.FLOATING and rec.current_instance_id in phases:
+                inst, st = phases[rec.current_instance_id]
+                if inst is not None and st and st.get("kept_checkpoint"):
+                    others = [i for i, _ in phases.values() if i is not None and i.id != inst.id]
+                    try:
+                        self._restore_kept(rec, inst, others)
+                        keep = rec.current_instance_id
+                    except OutgrowError as exc:  # then the job is lost: FailToComplete below
+                        store.add_event(rec.id, "error", f"reconcile: restore failed: {exc}")
             if keep is None and status == S.SUSPENDING and rec.current_instance_id in phases:
                 inst, st = phases[rec.current_instance_id]
                 if inst is not None and st and st.get("phase") == "checkpointed":

@@ -1,0 +1,568 @@
+"""End to end on the ``aws`` provider, driven the way a user drives it: the real
+``outgrow up`` process with ``OUTGROW_PROVIDER=aws`` and ``OUTGROW_AWS_*`` settings, the
+REST API (httpx) and the real ``outgrow`` CLI.
+
+"AWS" here is **moto's server** (``ThreadedMotoServer``, reached through
+``AWS_ENDPOINT_URL``), NOT AWS: this project has no AWS account, so moto is the only
+possible stand-in. moto keeps state (instances, tags, security groups, volumes, S3
+objects) and checks request shapes, but it enforces no IAM, always has capacity, answers
+one fixed spot price and boots nothing. So no instance ever runs cloud-init or an agent: a
+job's instance is launched for real (in moto), nobody answers its agent port, and the job
+must fail with the health-timeout error, its instance terminated and its security group
+deleted. Every assertion about "AWS" reads the state back from moto with boto3.
+
+The control plane runs without root's privileges: as the test's user, or, when the tests
+run as root, in a fresh user namespace (``unshare --user``: uid ``nobody``, no capability
+in the host's namespaces) — the aws path needs no root, unlike the local provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+boto3 = pytest.importorskip("boto3", reason="outgrow[aws] not installed")
+moto_server = pytest.importorskip("moto.server", reason="moto not installed (dev extra)")
+
+from outgrow.providers.aws.prices import load_price_table  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REGION = "eu-west-1"
+AZ = "eu-west-1b"
+VPC_CIDR = "10.213.0.0/16"  # a range nothing on this host routes to: no agent can answer
+SUBNET_CIDR = "10.213.7.0/24"
+HEALTH_TIMEOUT_S = 4.0  # OUTGROW_AWS_AGENT_HEALTH_TIMEOUT_S (900 s by default)
+ALLOW_TYPES = "t3.*,m5.*,c5.*"
+DENY_TYPES = "t3.nano,t3.micro,*.24xlarge"
+ALLOW_CIDR = "203.0.113.0/24"
+AGENT_PORT = 7070
+WHEEL_NAME = "outgrow-0.1.0-py3-none-any.whl"
+T = TypeVar("T")
+
+
+# ---- the fake account (moto's server) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeAccount:
+    """What a user's AWS account would hold for outgrow, created in moto's server (fake
+    AWS, not AWS): a VPC and a subnet, a registered x86_64 AMI published through an SSM
+    parameter (as Debian publishes its own), a bucket with the agent wheel."""
+
+    endpoint_url: str
+    vpc: str
+    subnet: str
+    ami: str
+    ssm_parameter: str
+    bucket: str
+    wheel_key: str
+    wheel_sha256: str
+
+    def client(self, service: str) -> Any:
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        return session.client(service, endpoint_url=self.endpoint_url)
+
+
+@pytest.fixture(scope="module")
+def account() -> Iterator[FakeAccount]:
+    """moto's server (fake AWS) on a free port with a fresh account set-up."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        tag = secrets.token_hex(3)
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        ec2 = session.client("ec2", endpoint_url=endpoint)
+        vpc = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=SUBNET_CIDR, AvailabilityZone=AZ)[
+            "Subnet"
+        ]["SubnetId"]
+        ami = ec2.register_image(
+            Name=f"debian-12-amd64-{tag}",
+            Architecture="x86_64",
+            RootDeviceName="/dev/xvda",
+            VirtualizationType="hvm",
+        )["ImageId"]
+        parameter = f"/outgrow-e2e-{tag}/debian-12-amd64"
+        session.client("ssm", endpoint_url=endpoint).put_parameter(
+            Name=parameter, Value=ami, Type="String", DataType="aws:ec2:image"
+        )
+        bucket = f"outgrow-e2e-{tag}"
+        s3 = session.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        wheel = b"stand-in for the outgrow wheel: moto boots no instance that could install it"
+        key = f"wheels/{WHEEL_NAME}"
+        s3.put_object(Bucket=bucket, Key=key, Body=wheel)
+        yield FakeAccount(
+            endpoint_url=endpoint,
+            vpc=vpc,
+            subnet=subnet,
+            ami=ami,
+            ssm_parameter=parameter,
+            bucket=bucket,
+            wheel_key=key,
+            wheel_sha256=hashlib.sha256(wheel).hexdigest(),
+        )
+    finally:
+        server.stop()
+
+
+# ---- the control plane (`outgrow up`) ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ControlPlaneProcess:
+    """``outgrow up`` in a child process (its own session), as a user starts it."""
+
+    home: Path  # HOME, XDG_CONFIG_HOME and the data dir live under it
+    port: int
+    cluster: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    token: str = ""
+    prefix: list[str] = field(default_factory=list)  # e.g. unshare --user --
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.home / "up.stderr"
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("outgrow")
+        cmd = [
+            *self.prefix,
+            *(str(exe), "up", "--data-dir", str(self.home / "data"), "--port", str(self.port)),
+        ]
+        with (
+            (self.home / "up.stdout").open("wb") as out,
+            self.stderr_path.open("wb") as err,
+        ):
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=self.home,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.api + "/health", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert self.proc.poll() is None, f"outgrow up exited:\n{self.log()}"
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"outgrow up did not answer within 30 s:\n{self.log()}")
+        m = re.search(r"API token: (\S+)", self.log())
+        assert m, f"no API token printed:\n{self.log()}"
+        self.token = m.group(1)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.api + path, headers=self.headers(), timeout=30)
+
+    def post(self, path: str, body: Any) -> httpx.Response:
+        return httpx.post(self.api + path, headers=self.headers(), json=body, timeout=30)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The real ``outgrow`` CLI, pointed here by OUTGROW_URL/OUTGROW_TOKEN."""
+        exe = Path(sys.executable).with_name("outgrow")
+        env = {**self.env, "OUTGROW_URL": self.url, "OUTGROW_TOKEN": self.token}
+        return subprocess.run(
+            [str(exe), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (what Ctrl-C / systemd sends) and wait; the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def up_env(account: FakeAccount, home: Path, cluster: str) -> dict[str, str]:
+    """The environment a user would set (docs/aws.md), pointed at moto's server; nothing
+    of this machine's own AWS or outgrow setup leaks in."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        # fake AWS: moto's server, fake credentials
+        "AWS_ENDPOINT_URL": account.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # outgrow
+        "OUTGROW_PROVIDER": "aws",
+        "OUTGROW_LOG_LEVEL": "INFO",
+        "OUTGROW_AWS_REGION": REGION,
+        "OUTGROW_AWS_SUBNET_ID": account.subnet,
+        "OUTGROW_AWS_AMI_SSM_PARAMETER": account.ssm_parameter,
+        "OUTGROW_AWS_S3_BUCKET": account.bucket,
+        "OUTGROW_AWS_CLUSTER": cluster,
+        "OUTGROW_AWS_ALLOW_TYPES": ALLOW_TYPES,
+        "OUTGROW_AWS_DENY_TYPES": DENY_TYPES,
+        "OUTGROW_AWS_AGENT_WHEEL_URL": f"s3://{account.bucket}/{account.wheel_key}",
+        "OUTGROW_AWS_AGENT_WHEEL_SHA256": account.wheel_sha256,
+        "OUTGROW_AWS_AGENT_HEALTH_TIMEOUT_S": f"{HEALTH_TIMEOUT_S:g}",
+        "OUTGROW_AWS_JOB_STORAGE": "ebs",
+        "OUTGROW_AWS_MAX_ATTEMPTS": "2",
+    }
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that drops root: ``unshare --user --`` (a new user namespace: the
+    process is uid ``nobody`` there with no capability in the host's namespaces, so no
+    netns, cgroup or CRIU work is possible). Nothing when not root already."""
+    if os.geteuid() != 0:
+        return []
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--user", "--", "true"]).returncode != 0:
+        pytest.skip("running as root and cannot drop it (no `unshare --user`)")
+    return [unshare, "--user", "--"]
+
+
+@pytest.fixture(scope="module")
+def plane(account: FakeAccount) -> Iterator[ControlPlaneProcess]:
+    """``outgrow up --data-dir … --port …`` on the aws provider (fake AWS: moto's server),
+    as an unprivileged user."""
+    home = Path(tempfile.mkdtemp(prefix="outgrow-aws-e2e-"))
+    cluster = f"e2e-{secrets.token_hex(3)}"
+    cp = ControlPlaneProcess(
+        home=home,
+        port=free_port(),
+        cluster=cluster,
+        env=up_env(account, home, cluster),
+        prefix=unprivileged(),
+    )
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# ---- reading moto back ---------------------------------------------------------------------
+
+
+def eventually(
+    fn: Callable[[], T | None], timeout: float, what: str, log: Callable[[], str] = str
+) -> T:
+    """``fn()`` once it is truthy (polled every 0.1 s), else an AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}\n{log()}")
+        time.sleep(0.1)
+
+
+def tags_of(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def instances(account: FakeAccount, *filters: dict[str, Any]) -> list[dict[str, Any]]:
+    res = account.client("ec2").describe_instances(Filters=list(filters))["Reservations"]
+    return [i for r in res for i in r["Instances"]]
+
+
+def groups(account: FakeAccount, *filters: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = account.client("ec2").describe_security_groups(
+        Filters=list(filters)
+    )["SecurityGroups"]
+    return out
+
+
+def volumes(account: FakeAccount, *filters: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = account.client("ec2").describe_volumes(Filters=list(filters))[
+        "Volumes"
+    ]
+    return out
+
+
+def tag(key: str, value: str) -> dict[str, Any]:
+    return {"Name": f"tag:{key}", "Values": [value]}
+
+
+def ingress(group: dict[str, Any]) -> set[tuple[int, int, str]]:
+    return {
+        (p["FromPort"], p["ToPort"], r["CidrIp"])
+        for p in group["IpPermissions"]
+        if p["IpProtocol"] == "tcp"
+        for r in p.get("IpRanges", [])
+    }
+
+
+LIVE = {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
+
+
+# ---- the tests -----------------------------------------------------------------------------
+
+
+def test_up_prints_its_token_and_writes_the_credentials(plane: ControlPlaneProcess) -> None:
+    """moto (fake AWS) behind `outgrow up`: the first start prints the admin's API token
+    and writes the CLI's credentials (0600); the process is not root."""
+    assert plane.proc is not None
+    log = plane.log()
+    assert f"outgrow control plane: http://127.0.0.1:{plane.port}" in log
+    creds = plane.home / "config" / "outgrow" / "credentials.json"
+    assert json.loads(creds.read_text()) == {"url": plane.url, "token": plane.token}
+    assert creds.stat().st_mode & 0o777 == 0o600
+    status = Path(f"/proc/{plane.proc.pid}/status").read_text()
+    cap_eff = re.search(r"^CapEff:\s+([0-9a-f]+)$", status, re.M)
+    assert cap_eff is not None and int(cap_eff.group(1), 16) == 0, status  # no privilege
+    r = plane.get("/jobs")
+    assert r.status_code == 200 and r.json() == []
+    assert httpx.get(plane.api + "/jobs", timeout=10).status_code == 401
+
+
+def test_instance_types_are_priced_ec2_types(
+    plane: ControlPlaneProcess, account: FakeAccount
+) -> None:
+    """moto (fake AWS): the catalog is the packaged price table's types for the region
+    that pass the allow/deny patterns, shapes from DescribeInstanceTypes, spot prices from
+    DescribeSpotPriceHistory (moto answers one fixed price)."""
+    r = plane.get("/instance-types")
+    assert r.status_code == 200, r.text
+    types = {t["name"]: t for t in r.json()}
+    table = load_price_table().for_region(REGION)
+    allow, deny = ALLOW_TYPES.split(","), DENY_TYPES.split(",")
+    expected = {
+        n
+        for n in table
+        if any(fnmatch.fnmatchcase(n, p) for p in allow)
+        and not any(fnmatch.fnmatchcase(n, p) for p in deny)
+    }
+    assert expected and set(types) == expected
+    assert "t3.micro" not in types and "r5.large" not in types
+    shapes = {
+        t["InstanceType"]: t
+        for t in account.client("ec2").describe_instance_types(InstanceTypes=sorted(expected))[
+            "InstanceTypes"
+        ]
+    }
+    for name, t in types.items():
+        assert t["price_per_hour"] == pytest.approx(table[name]), name
+        assert t["spot_price_per_hour"] is not None, name
+        assert 0 < t["spot_price_per_hour"] < t["price_per_hour"], name
+        assert t["vcpus"] == shapes[name]["VCpuInfo"]["DefaultVCpus"], name
+        assert t["memory_gib"] * 1024 == shapes[name]["MemoryInfo"]["SizeInMiB"], name
+    # the CLI shows the same catalog
+    cli = plane.cli("instance-types", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert {t["name"]: t for t in json.loads(cli.stdout)} == types
+
+
+def test_bad_input_is_a_4xx_json_error_and_launches_nothing(
+    plane: ControlPlaneProcess, account: FakeAccount, tmp_path: Path
+) -> None:
+    """moto (fake AWS): requests the aws catalog cannot serve are refused up front."""
+    base = {"name": "bad", "image": "python", "script": "print(1)"}
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({**base, "instance_type": "lc.small"}, 404, "unknown instance type 'lc.small'"),
+        ({**base, "instance_type": "t3.micro"}, 404, "unknown instance type 't3.micro'"),
+        ({**base, "mem": "4096"}, 422, "no instance type fits"),
+        ({**base, "publish": ["99999:1"]}, 422, "99999:1"),
+        ({**base, "allow_cidr": ["not-a-cidr"]}, 422, "not-a-cidr"),
+        ({**base, "script": ""}, 422, "job script"),
+    ]
+    for body, code, text in cases:
+        r = plane.post("/jobs", body)
+        assert r.status_code == code, (body, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/json")
+        err = r.json()
+        assert text in err["message"], (body, err)
+    # the CLI: exit 1, the error in one line on stderr
+    script = tmp_path / "job.py"
+    script.write_text("print(1)\n")
+    cli = plane.cli(
+        "submit", "-n", "bad", "-i", "python", "--script", str(script),
+        "--instance-type", "lc.small", "--json",
+    )  # fmt: skip
+    assert cli.returncode == 1
+    assert cli.stdout == ""
+    assert len(cli.stderr.strip().splitlines()) == 1 and "lc.small" in cli.stderr
+    assert plane.get("/jobs").json() == []
+    assert instances(account, tag("outgrow:cluster", plane.cluster)) == []
+
+
+def test_job_gets_an_ec2_instance_then_fails_cleanly_without_an_agent(
+    plane: ControlPlaneProcess, account: FakeAccount, tmp_path: Path
+) -> None:
+    """moto (fake AWS): a submitted python job gets a real (moto) EC2 instance in the
+    subnet with the cluster's tags, IMDSv2 required and the job's own security group;
+    moto boots nothing, so no agent answers: the job ends FailToExecute with the
+    health-timeout message, the instance is terminated, and neither its security group
+    nor a volume is left behind."""
+    script = tmp_path / "job.py"
+    script.write_text("print('hello from ec2')\n")
+    sub = plane.cli(
+        "submit", "-n", "etl", "-i", "python", "--script", str(script), "-m", "1",
+        "--publish", "8080:8080", "--allow-cidr", ALLOW_CIDR, "--json",
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    job = json.loads(sub.stdout)["id"]
+
+    # -- while the control plane waits for the agent: the instance as EC2 (moto) has it
+    def launched() -> list[dict[str, Any]]:
+        return instances(account, tag("outgrow:job", job))
+
+    [inst] = eventually(
+        launched, 30, f"an instance tagged outgrow:job={job}", plane.log
+    )
+    tags = tags_of(inst)
+    iid = tags["outgrow:instance"]
+    assert re.fullmatch(r"[0-9a-f]{8}", iid)
+    assert tags["outgrow:cluster"] == plane.cluster
+    assert tags["Name"] == f"outgrow-{iid}"
+    assert inst["SubnetId"] == account.subnet and inst["VpcId"] == account.vpc
+    assert inst["ImageId"] == account.ami  # through the SSM parameter
+    assert inst["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
+    types = {t["name"]: t for t in plane.get("/instance-types").json()}
+    fitting = [t for t in types.values() if t["vcpus"] >= 1 and t["memory_gib"] >= 1]
+    cheapest = min(t["price_per_hour"] for t in fitting)
+    assert types[inst["InstanceType"]]["price_per_hour"] == cheapest
+    assert "InstanceLifecycle" not in inst  # on-demand (vmPolicy default)
+    ec2_id = inst["InstanceId"]
+    user_data = account.client("ec2").describe_instance_attribute(
+        InstanceId=ec2_id, Attribute="userData"
+    )["UserData"]["Value"]
+    cloud_config = base64.b64decode(user_data).decode()
+    assert cloud_config.startswith("#cloud-config")
+    assert f"/{account.bucket}/{account.wheel_key}" in cloud_config  # presigned wheel URL
+    assert account.wheel_sha256 in cloud_config
+
+    [group] = inst["SecurityGroups"]
+    assert group["GroupName"] == f"outgrow-sg-{job}"
+    [sg] = groups(account, {"Name": "group-id", "Values": [group["GroupId"]]})
+    assert tags_of(sg)["outgrow:job"] == job and tags_of(sg)["outgrow:cluster"] == plane.cluster
+    assert sg["VpcId"] == account.vpc
+    rules = ingress(sg)
+    assert (8080, 8080, ALLOW_CIDR) in rules  # --publish 8080:8080 --allow-cidr
+    assert (8080, 8080, VPC_CIDR) in rules  # the control plane (default: the VPC)
+    assert (AGENT_PORT, AGENT_PORT, VPC_CIDR) in rules  # agent API
+    assert (7100, 7199, VPC_CIDR) in rules  # CRIU page server (migrations)
+    assert all(cidr != "0.0.0.0/0" for _, _, cidr in rules)
+    assert {c for _, _, c in rules} == {ALLOW_CIDR, VPC_CIDR}
+    [root] = volumes(account, {"Name": "attachment.instance-id", "Values": [ec2_id]})
+    assert root["Encrypted"] and root["VolumeType"] == "gp3"
+    assert tags_of(root)["outgrow:instance"] == iid
+
+    # -- no agent ever answers (moto boots nothing): FailToExecute with a clear reason
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S + 30
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        view = plane.get(f"/jobs/{job}").json()
+        if view["status"] not in ("Submitted", "Initializing", "Starting"):
+            break
+        time.sleep(0.2)
+    assert view["status"] == "FailToExecute", view
+    reason = view["status_reason"]
+    assert f"the agent of instance {iid} ({ec2_id}, " in reason
+    assert f"did not become healthy within {HEALTH_TIMEOUT_S:g} s" in reason
+    assert f"port {AGENT_PORT}" in reason and "console output" in reason
+    assert view["instance"] is None
+    states = [e["message"] for e in view["events"] if e["type"] == "state"]
+    assert any("FailToExecute" in s for s in states), view["events"]
+
+    # -- what is left in EC2 (moto) after the job ended
+    [gone] = instances(account, {"Name": "instance-id", "Values": [ec2_id]})
+    assert gone["State"]["Name"] in ("shutting-down", "terminated")
+
+    def no_group_left() -> bool:
+        return groups(account, {"Name": "group-name", "Values": [f"outgrow-sg-{job}"]}) == []
+
+    eventually(no_group_left, 15, f"security group outgrow-sg-{job} deleted", plane.log)
+    assert groups(account, tag("outgrow:job", job)) == []
+    # no job volume was ever made (the job never got as far as mounting its directory)
+    # and the root volume went with the instance
+    live_vols = [
+        v
+        for v in volumes(account, tag("outgrow:cluster", plane.cluster))
+        if v["State"] not in ("deleting", "deleted")
+    ]
+    assert live_vols == [], live_vols
+    assert instances(account, tag("outgrow:cluster", plane.cluster), LIVE) == []
+
+    shown = plane.cli("show", job, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["status"] == "FailToExecute"
+
+
+def test_sigterm_stops_the_control_plane_and_leaves_nothing_running(
+    plane: ControlPlaneProcess, account: FakeAccount
+) -> None:
+    """moto (fake AWS): SIGTERM ends `outgrow up` (exit 0) and every process it
+    started; nothing of its cluster runs in EC2 and no group or volume is left."""
+    assert plane.proc is not None
+    pid = plane.proc.pid
+    assert plane.stop() == 0, plane.log()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # its session (start_new_session) is empty
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(plane.api + "/health", timeout=2)
+    cluster = tag("outgrow:cluster", plane.cluster)
+    assert instances(account, cluster, LIVE) == []
+    assert groups(account, cluster) == []
+    left = [v for v in volumes(account, cluster) if v["State"] not in ("deleting", "deleted")]
+    assert left == []
+    assert "Traceback" not in plane.log(), plane.log()
+    with contextlib.suppress(FileNotFoundError):
+        assert "Traceback" not in (plane.home / "up.stdout").read_text()
