@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 from outgrow import credentials
 from outgrow.settings import Settings
@@ -50,6 +53,11 @@ def serve(settings: Settings, *, write_credentials: bool = True) -> None:
             flush=True,
         )
     plane.start()
+    # uvicorn stops gracefully on SIGTERM, then raises it again under the handler it found:
+    # SIGTERM's default one would kill the process before plane.stop() below (SIGINT ends
+    # in a KeyboardInterrupt, which uvicorn.run catches).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             create_app(plane),
@@ -61,6 +69,10 @@ def serve(settings: Settings, *, write_credentials: bool = True) -> None:
     finally:
         plane.stop()
         store.close()
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def default_data_dir() -> Path:

@@ -183,6 +183,8 @@ def start(cp: ControlPlane, job_id: str) -> None:
         return
     except OutgrowError as exc:
         cp.store.set_status(job_id, S.FAIL_TO_EXECUTE, str(exc))
+        jobdirs.delete(cp, job_id)  # the job ended: its storage and security group go
+        release_security_group(cp, job_id)
         return
     record_instance(cp, job_id, inst)
     cp.store.update_job(job_id, current_instance_id=inst.id)
@@ -202,6 +204,8 @@ def start(cp: ControlPlane, job_id: str) -> None:
         cp.store.update_job(job_id, current_instance_id=None)
         if cp.job(job_id).status == S.STARTING:
             cp.store.set_status(job_id, S.FAIL_TO_EXECUTE, str(exc))
+            jobdirs.delete(cp, job_id)  # the job ended: its storage and security group go
+            release_security_group(cp, job_id)
         return
     cp.store.set_status(job_id, S.EXECUTING, "job running")
     if st["phase"] != "running":  # a short batch job may end before we look

@@ -44,6 +44,7 @@ class Scheduler(threading.Thread):
         self._retry_at: dict[str, float] = {}
         self._preparing: set[str] = set()
         self.retention_s = cp.settings.metrics_retention_days * 86400
+        self._restart_after_sweep: list[str] = []  # jobs to start once orphans are gone
 
     def last_sample(self, job_id: str) -> Sample | None:
         w = self._windows.get(job_id)
@@ -254,6 +255,7 @@ class Scheduler(threading.Thread):
         """Bring every unfinished job back to a steady state after a restart."""
         store, provider = self.cp.store, self.cp.provider
         known = set()
+        self._restart_after_sweep = []
         for rec in store.list_jobs(None):
             live = [r for r in store.instances(rec.id) if r.ended_at is None]
             known |= {r.id for r in live}
@@ -266,6 +268,10 @@ class Scheduler(threading.Thread):
             if inst.id not in known:
                 log.warning("deleting orphan instance %s", inst.id)
                 provider.delete_instance(inst.id)
+        # Only now: a start queued earlier could create an instance the sweep above
+        # would take for an orphan.
+        for job_id in self._restart_after_sweep:
+            self.cp.run_action(job_id, actions.start)
 
     def _restore_kept(self, rec: JobRecord, source: Any, others: list[Any]) -> None:
         """A move with non-shared storage was cut after the source's tree ended: take the
@@ -383,7 +389,7 @@ class Scheduler(threading.Thread):
         elif status == S.INITIALIZING:
             for r in live:
                 actions.end_instance(cp, r.id, "failed")
-            cp.run_action(rec.id, actions.start)
+            self._restart_after_sweep.append(rec.id)
         elif status == S.CANCELLING:
             cp.run_action(rec.id, actions.cancel, "cancelled (finished after a restart)")
 
