@@ -575,6 +575,20 @@ def test_moto_s3_wheel_is_presigned_into_user_data(tmp_path: Path, account: dict
     assert any(("cd" * 32) in c for c in doc["runcmd"])
 
 
+def test_s3_wheel_behind_a_plain_http_endpoint_is_a_clear_error(
+    aws_env: None, tmp_path: Path
+) -> None:
+    """An s3:// wheel presigned against an http endpoint (a test fake, a proxy) would be
+    downloaded without TLS: refused, saying why — not "must be https" of a URL the user
+    wrote as s3://."""
+    from outgrow.providers.aws.launch import agent_install
+    from outgrow.providers.aws.settings import AwsSettings
+
+    aws = AwsSettings(agent_wheel_url="s3://og-test/w/outgrow-0.1.0-py3-none-any.whl")
+    with pytest.raises(ConfigError, match=r"presigns to a plain-http URL.*http://127\.0\.0\.1:9"):
+        agent_install(aws, AwsAdaptor(REGION, endpoint_url="http://127.0.0.1:9"))
+
+
 def test_spot_interruption_signals_are_parsed() -> None:
     """The documented IMDS answers (as text; no IMDS is faked here)."""
     now = 1_764_100_000.0  # 2025-11-25T19:46:40Z

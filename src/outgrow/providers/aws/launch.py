@@ -77,8 +77,15 @@ def agent_install(aws: AwsSettings, adaptor: AwsAdaptor) -> AgentInstall:
         return AgentInstall(requirement=aws.agent_package)
     if url.startswith("s3://"):
         bucket, _, key = url[5:].partition("/")
+        signed = adaptor.presign(bucket, key, aws.presign_expiry_s)
+        if not signed.startswith("https://"):
+            raise ConfigError(
+                f"the agent wheel {url} presigns to a plain-http URL because the S3 endpoint "
+                f"({adaptor.endpoint_url}) is http; instances download only over https",
+                field="agent_wheel_url",
+            )
         return AgentInstall(
-            wheel_url=adaptor.presign(bucket, key, aws.presign_expiry_s),
+            wheel_url=signed,
             wheel_name=key.rsplit("/", 1)[-1],
             sha256=aws.agent_wheel_sha256,
         )
