@@ -234,3 +234,85 @@ def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     time.sleep(0.5)
     assert counter_lines(inst)[-1][0] > n1
     p.delete_instance(inst.id)
+
+
+LISTENER = """
+import os, socket, time
+out = socket.create_connection(("{gateway}", {port}))  # a keep-alive to an outside service
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8888))
+s.listen(8)
+c, _ = s.accept()
+print("accepted 1", flush=True)
+i = 0
+while not os.path.exists("go"):
+    i += 1
+    print("tick", i, flush=True)
+    time.sleep(0.1)
+s.settimeout(20)
+c2, _ = s.accept()
+print("accepted 2", c2.recv(16).decode(), flush=True)
+"""
+
+
+def test_outside_connections_in_any_state_do_not_stop_a_move(
+    local_provider: LocalProvider,
+) -> None:
+    """Peers outside the instance leave sockets the move must cut: a keep-alive connection
+    the job opened to an outside service, one a peer opened and closed (CLOSE_WAIT in the
+    job), and one the kernel accepted but the job has not yet (in flight in the listen
+    backlog) — the stable-URL proxy leaves the last two behind when it drops upstream
+    connections at a checkpoint. Neither may fail the dump or the restore
+    (seen: "In-flight connection", "Can't bind inet socket back"); the job's listening
+    socket works on the target."""
+    p = local_provider
+    import ipaddress
+    import socket
+
+    gateway = ipaddress.ip_network(p.settings.address_pool).network_address + 1
+    p.net.ensure_bridge()  # the gateway address exists once the bridge does
+    service = socket.socket()  # the outside service the job keeps a connection to
+    service.bind((str(gateway), 0))
+    service.listen(1)
+    script = LISTENER.replace("{gateway}", str(gateway))
+    script = script.replace("{port}", str(service.getsockname()[1]))
+    src, body = start_job(p, "lc.micro", "python", script=script)
+    kept, _ = service.accept()
+    try:
+        _move_with_outside_sockets(p, src, body)
+    finally:
+        for inst in p.list_instances():
+            if inst.tags.get("outgrow:job") == body["job_id"] or inst.id == src.id:
+                p.delete_instance(inst.id)
+        kept.close()
+        service.close()
+
+
+def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: dict[str, Any]) -> None:
+    import socket
+
+    peer = socket.create_connection((src.address, 8888), timeout=5)
+    deadline = time.monotonic() + 10
+    with agent(src) as a:
+        while "accepted 1" not in a.logs("stdout")["data"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    peer.close()  # the job's end: CLOSE_WAIT
+    pending = socket.create_connection((src.address, 8888), timeout=5)  # never accepted
+    time.sleep(0.3)
+    r = Migrator(p).migrate(src, target_type="lc.small", reason="manual")
+    dst = p.describe_instance(r.target_instance)
+    assert dst is not None
+    pending.close()
+    (p.jobs_dir / body["job_id"] / "workspace" / "go").touch()
+    fresh = socket.create_connection((dst.address, 8888), timeout=5)
+    fresh.sendall(b"hello")
+    deadline = time.monotonic() + 20
+    with agent(dst) as a:
+        while "accepted 2 hello" not in (out := a.logs("stdout")["data"]):
+            assert time.monotonic() < deadline, out[-500:]
+            time.sleep(0.05)
+    ticks = [int(n) for n in re.findall(r"tick (\d+)", out)]
+    assert ticks == list(range(1, len(ticks) + 1))  # one process, never restarted
+    fresh.close()

@@ -112,6 +112,9 @@ class Criu:
             "dump.log",
             "-v4",
             "--tcp-established",
+            # A connection the kernel accepted but the job has not (yet): its peer is
+            # outside, it cannot move; the peer sees a reset and retries.
+            "--skip-in-flight",
             "--network-lock",
             "skip",
             "--leave-stopped",

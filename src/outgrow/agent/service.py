@@ -29,6 +29,7 @@ from outgrow.agent.cgroups import Cgroup, detect
 from outgrow.agent.checkpoint import Criu, images_size
 from outgrow.agent.images import BUILTIN_IMAGES, ImageCache, ImageSpec
 from outgrow.agent.jobstorage import mount_job_dir, release_job_dir
+from outgrow.agent.netalias import borrowed_address
 from outgrow.agent.runtime import (
     JUPYTER_KINDS,
     JobDirs,
@@ -439,8 +440,10 @@ class Agent:
     # ---- checkpoint (source side) ---------------------------------------------------
     def _lock_network(self) -> None:
         """Cut the job off from outside peers before the dump: drop new inbound
-        connections (except to the agent) and destroy established non-loopback sockets
-        other than the agent's own. CRIU can only move connections inside the tree."""
+        connections (except to the agent) and destroy non-loopback sockets in every
+        connected state (not only established: a peer that closed first leaves CLOSE_WAIT,
+        which CRIU cannot bind back on another address) other than the agent's own. CRIU
+        can only move connections inside the tree."""
         port = self.cfg.port
         rules = f"""table inet {self._lock_table} {{
   chain input {{ type filter hook input priority -5; policy accept;
@@ -455,7 +458,7 @@ class Agent:
                 "ss",
                 "-tnK",
                 "state",
-                "established",
+                "connected",
                 f"( not dst 127.0.0.0/8 and not sport = :{port} and not dport = :{port} )",
             ]
         )
@@ -507,6 +510,7 @@ class Agent:
                     shutil.rmtree(ckpt)
                 ckpt.mkdir(parents=True, exist_ok=True)
                 (ckpt / "job.json").write_text(json.dumps(job.to_dict()))
+                (ckpt / "source-address").write_text(self.cfg.address)
                 ps = (
                     (_host_of(target_url), page_server_port)
                     if (target_url and page_server_port)
@@ -717,11 +721,17 @@ class Agent:
             received = images_size(images)
             self.cgroup.set_oom_stall(state.launch.evade_oom)
             try:
-                pid, run = self.criu.restore(
-                    images,
-                    netns_path=self.cfg.netns_path,
-                    cgroup_roots=self.cgroup.criu_cgroup_roots(),
-                )
+                source = images / "source-address"
+                with borrowed_address(
+                    self.cfg.netns_path,
+                    source.read_text().strip() if source.exists() else None,
+                    self.cfg.address,
+                ):
+                    pid, run = self.criu.restore(
+                        images,
+                        netns_path=self.cfg.netns_path,
+                        cgroup_roots=self.cgroup.criu_cgroup_roots(),
+                    )
                 ticks = proc_start_ticks(pid)
                 if ticks is None:
                     raise CheckpointError("the restored job exited at once")
