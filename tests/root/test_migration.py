@@ -220,6 +220,8 @@ def test_provider_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     p = local_provider
     inst, _ = start_job(p, "lc.nano", "python", script=COUNTER)
+    with agent(inst) as a:  # a spot notice arrives before the agent dies
+        at = a.reclaim_notice(600, source="aws spot instance-action")["reclaim_at"]
     pid = int((p.root / inst.id / "agent.pid").read_text())
     import os
     import signal
@@ -230,6 +232,8 @@ def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     with agent(inst) as a:
         st = a.job()
     assert st["phase"] == "running"
+    # The restarted agent still knows the deadline (the watcher only relays earlier ones).
+    assert st["reclaim_at"] == at and st["reclaim_source"] == "aws spot instance-action"
     n1 = counter_lines(inst)[-1][0]
     time.sleep(0.5)
     assert counter_lines(inst)[-1][0] > n1

@@ -134,6 +134,7 @@ class Agent:
         self._lock_table = f"og-move-{cfg.instance_id}"
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
         self._adopt()
+        self._load_reclaim()
 
     # ---- persistence: an agent that restarts re-adopts its job -----------------------
     @property
@@ -163,6 +164,19 @@ class Agent:
             job.phase, job.message = "failed", "the job was not running when the agent restarted"
         log.info("re-adopted job %s (%s)", job.launch.job_id, job.phase)
 
+    @property
+    def _reclaim_file(self) -> Path:
+        return self.cfg.work_dir / "reclaim.json"
+
+    def _load_reclaim(self) -> None:
+        try:
+            d = json.loads(self._reclaim_file.read_text())
+            self._reclaim_at, self._reclaim_source = float(d["at"]), str(d["source"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring an unreadable reclaim notice: %s", exc)
+
     # ---- lifecycle ------------------------------------------------------------------
     def start_background(self) -> None:
         threading.Thread(target=self._sample_loop, name="metrics", daemon=True).start()
@@ -178,6 +192,10 @@ class Agent:
         at = time.time() + max(in_s, 0.0)
         if self._reclaim_at is None or at < self._reclaim_at:
             self._reclaim_at, self._reclaim_source = at, source
+            # Kept on disk: an agent that restarts still knows its instance is going.
+            tmp = self._reclaim_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"at": at, "source": source}))
+            tmp.replace(self._reclaim_file)
             log.warning(
                 "reclaim notice (%s): instance %s goes away in %.0f s",
                 source,
