@@ -134,8 +134,13 @@ def test_job_lifecycle_migrate_suspend_resume_cancel_restart(cp: Server) -> None
     nums = counts(cp, job)
     assert nums == list(range(1, len(nums) + 1)) and nums[-1] > before
 
-    m = cp.get(f"/jobs/{job}/metrics").json()
-    assert m["thresholds"]["mem_upper_ratio"] == 90 and m["points"]
+    # Samples are ingested asynchronously (about every second, not while an action runs):
+    # on a loaded machine the first may come a few seconds after the resume.
+    deadline = time.monotonic() + 20
+    while not (m := cp.get(f"/jobs/{job}/metrics").json())["points"]:
+        assert time.monotonic() < deadline, "no metrics were recorded for the job"
+        time.sleep(0.2)
+    assert m["thresholds"]["mem_upper_ratio"] == 90
     assert {p["instance_id"] for p in m["points"]} <= {i["id"] for i in j["instances"]}
 
     assert cp.post(f"/jobs/{job}/cancel").status_code == 202
