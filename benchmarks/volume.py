@@ -18,13 +18,12 @@ the benchmark records like any other failed step.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from outgrow.agent.mounts import loop_devices, mounted_on, mounts
 from outgrow.domain.storage import StorageKind
 from outgrow.errors import AgentError, ConflictError, StorageError
 from outgrow.orchestrator.migrate import agent
@@ -96,7 +95,7 @@ class JobVolume:
         device = mount_source(self.job_dir)
         if not device or not device.startswith("/dev/loop"):
             raise StorageError(f"the job directory {self.job_dir} is not on a loop volume")
-        back = _loop_backing_file(device)
+        back = loop_devices().get(device, "")
         image = self.p.job_storage.volumes / f"{self.job_id}.img"
         if back != str(image):
             raise StorageError(f"the job directory is mounted from {device} ({back}), not {image}")
@@ -139,50 +138,21 @@ class JobVolume:
 
 def mount_source(path: Path) -> str | None:
     """The device mounted on ``path`` in this mount namespace (the top of the stack)."""
-    target = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == target:
-                found = fields[fields.index("-") + 2]
-    return found
-
-
-def _loop_backing_file(device: str) -> str:
-    r = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE", device],
-        capture_output=True,
-        text=True,
-    )
-    return r.stdout.strip()
+    m = mounted_on(path)
+    return m.source if m else None
 
 
 def leftovers(data_dir: Path) -> list[str]:
     """Mounts under ``data_dir`` and loop devices backed by a file in it (after teardown
     there must be none)."""
     root = os.path.realpath(data_dir).rstrip("/") + "/"
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = _unescape(line.split()[4])
-            if mp.startswith(root):
-                out.append(f"mount {mp}")
-    listing = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    for ln in listing.splitlines():
-        name, _, back = ln.strip().partition(" ")
-        if back.strip().startswith(root):
-            out.append(f"loop device {name} ({back.strip()})")
+    out = [f"mount {m.mountpoint}" for m in mounts() if m.mountpoint.startswith(root)]
+    out += [
+        f"loop device {dev} ({back})"
+        for dev, back in loop_devices().items()
+        if back.startswith(root)
+    ]
     return out
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def merge(shared: dict[str, Any] | None, vol: dict[str, Any]) -> dict[str, Any]:

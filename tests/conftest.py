@@ -42,19 +42,12 @@ def leftovers(prefix: str, path_contains: str | None = None) -> list[str]:
     mount point contains that string (e.g. a test's tmp dir, for job volumes)."""
     found = []
     if path_contains:
-        loops = subprocess.run(
-            ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        for ln in loops.splitlines():
-            name, _, back = ln.strip().partition(" ")
-            if path_contains in back:
-                found.append(f"loop {name} ({back.strip()})")
-        for ln in Path("/proc/self/mountinfo").read_text().splitlines():
-            target = ln.split()[4]
-            if path_contains in target:
-                found.append(f"mount {target}")
+        from outgrow.agent.mounts import loop_devices, mounts
+
+        found += [
+            f"loop {dev} ({back})" for dev, back in loop_devices().items() if path_contains in back
+        ]
+        found += [f"mount {m.mountpoint}" for m in mounts() if path_contains in m.mountpoint]
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {ln.split()[0]}" for ln in ns.splitlines() if ln.startswith(prefix)]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -24,6 +24,7 @@ import pytest
 
 from cp_server import Server, control_plane
 from jupyter_ws import KernelSession, create_kernel
+from outgrow.agent.mounts import loop_devices, mounted_on
 from outgrow.errors import ProviderError
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -40,17 +41,13 @@ TICKS = (
 
 def loops_of(data_dir: Path) -> list[str]:
     """Loop devices whose backing file is under ``data_dir``."""
-    out = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], capture_output=True)
-    return [ln for ln in out.stdout.decode().splitlines() if str(data_dir) in ln]
+    return [dev for dev, back in loop_devices().items() if str(data_dir) in back]
 
 
 def mount_source(path: Path) -> str | None:
     """The device mounted on ``path`` (None: not a mount point)."""
-    for ln in Path("/proc/self/mountinfo").read_text().splitlines():
-        parts = ln.split()
-        if parts[4] == str(path):
-            return parts[parts.index("-") + 2]
-    return None
+    m = mounted_on(path)
+    return m.source if m else None
 
 
 def wait_moved(cp: Server, job: str, n: int, timeout: float = 120) -> dict[str, Any]:

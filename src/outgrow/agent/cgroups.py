@@ -17,7 +17,6 @@ Tests build a fake tree with :meth:`CgroupFS.v2` / :meth:`CgroupFS.v1`.
 from __future__ import annotations
 
 import builtins
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from outgrow.agent.cgroups_base import (
 )
 from outgrow.agent.cgroups_v1 import USED_CONTROLLERS, CgroupV1
 from outgrow.agent.cgroups_v2 import CgroupV2, stall_reserve
+from outgrow.agent.mounts import unescape
 from outgrow.errors import RuntimeFailure
 
 __all__ = [
@@ -147,14 +147,6 @@ class CgroupFS:
         return sorted(names)
 
 
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    """/proc/self/mounts escapes space, tab, newline and backslash as \\ooo."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
 def detect(mounts_file: Path = Path("/proc/self/mounts")) -> CgroupFS:
     """Find the cgroup layout from the mount table.
 
@@ -174,7 +166,7 @@ def detect(mounts_file: Path = Path("/proc/self/mounts")) -> CgroupFS:
         fields = line.split()
         if len(fields) < 4:
             continue
-        mountpoint, fstype, options = Path(_unescape(fields[1])), fields[2], fields[3]
+        mountpoint, fstype, options = Path(unescape(fields[1])), fields[2], fields[3]
         if fstype == "cgroup2":
             cgroup2.append(mountpoint)
         elif fstype == "cgroup":

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from outgrow.agent.mounts import mounted_on
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import OutgrowError, StorageError
 
@@ -132,34 +133,16 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
         raise StorageError(f"{what} failed: cannot run {argv[0]} ({exc.strerror})") from exc
 
 
-def _mounted_device(path: Path) -> tuple[int, int] | None:
-    """(major, minor) of what is mounted on ``path`` (the top of the stack), else None."""
-    target = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == target:
-                major, minor = fields[2].split(":")
-                found = (int(major), int(minor))
-    return found
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def _mount_volume(device: str, path: Path, timeout: float, by_id_dir: Path) -> bool:
     dev = resolve_device(device, timeout=timeout, by_id_dir=by_id_dir)
     rdev = dev.stat().st_rdev
-    current = _mounted_device(path)
-    if current == (os.major(rdev), os.minor(rdev)):
+    current = mounted_on(path)
+    if current is not None and current.devno == f"{os.major(rdev)}:{os.minor(rdev)}":
         return False  # already mounted here (an agent restarted after mounting)
     if current is not None:
         raise StorageError(
             f"the job directory {path} is already a mount point of another device "
-            f"({current[0]}:{current[1]}); release it before mounting {dev}"
+            f"({current.source}, {current.devno}); release it before mounting {dev}"
         )
     formatted = False
     probe = subprocess.run(["blkid", "-p", str(dev)], capture_output=True, text=True)
@@ -177,7 +160,7 @@ def _mount_volume(device: str, path: Path, timeout: float, by_id_dir: Path) -> b
 
 
 def _unmount(path: Path) -> None:
-    if _mounted_device(path) is None:
+    if mounted_on(path) is None:
         return  # released already
     _run(["sync", "-f", str(path)], f"flushing the job directory {path}")
     # C locale: "busy" is looked for in umount's message
@@ -185,7 +168,7 @@ def _unmount(path: Path) -> None:
     r = subprocess.run(["umount", str(path)], capture_output=True, text=True, env=env)
     if r.returncode == 0:
         return
-    if _mounted_device(path) is not None and "busy" in r.stderr:
+    if mounted_on(path) is not None and "busy" in r.stderr:
         held = _holders(path)
         who = ", ".join(f"{pid} ({name})" for pid, name in held) or "unknown"
         raise StorageError(

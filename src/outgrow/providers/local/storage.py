@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
+from outgrow.agent.mounts import loop_devices, mounts
 from outgrow.domain.instance_types import GIB
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import ConfigError, ProviderError
@@ -220,18 +221,9 @@ def _check_id(part: str) -> str:
 def _loop_devices() -> dict[str, str]:
     """Every attached loop device → its backing file."""
     try:
-        out = subprocess.run(
-            ["losetup", "--json", "--list", "--output", "NAME,BACK-FILE"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        return loop_devices()
     except (OSError, subprocess.SubprocessError) as exc:
         raise ProviderError(f"cannot list loop devices: {exc}") from exc
-    if not out.strip():  # no loop device at all: losetup prints nothing
-        return {}
-    return {d["name"]: (d.get("back-file") or "") for d in json.loads(out)["loopdevices"]}
 
 
 def _mountpoints(dev: str) -> list[str]:
@@ -241,10 +233,4 @@ def _mountpoints(dev: str) -> list[str]:
     except OSError:
         return []
     want = f"{os.major(rdev)}:{os.minor(rdev)}"
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[2] == want:
-                out.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
-    return out
+    return [m.mountpoint for m in mounts() if m.devno == want]
