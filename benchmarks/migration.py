@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -51,7 +50,8 @@ import volume
 from rich.table import Table
 from summary import COLUMNS, GIB, MODES, pick_type, required_memory_gib, summarise_size
 
-from outgrow.agent.images import BUILTIN_IMAGES
+from outgrow.agentapi.models import CheckpointRequest, ImageBody, RestoreRequest, StartJob
+from outgrow.domain.images import BUILTIN_IMAGES
 from outgrow.errors import MigrationError, OutgrowError
 from outgrow.orchestrator.migrate import Migrator, agent, wait_job
 from outgrow.providers.base import InstanceInfo
@@ -150,29 +150,28 @@ def run_json(ks: Any, code: str, timeout: float = CELL_TIMEOUT) -> dict[str, Any
 
 # ---- jobs and kernels ---------------------------------------------------------------
 def jupyter_base(inst: InstanceInfo, body: dict[str, Any]) -> str:
-    return f"http://{inst.address}:{body.get('port', 8888)}{body['base_url']}"
+    return f"http://{inst.address}:{body.port}{body.base_url}"
 
 
 def start_job(
     provider: LocalProvider,
     type_name: str,
     before_start: Callable[[InstanceInfo, str], None] | None = None,
-) -> tuple[InstanceInfo, dict[str, Any]]:
+) -> tuple[InstanceInfo, StartJob]:
     """A new instance running a new job; ``before_start(instance, job_id)`` prepares it
     (the job's directory) before the job starts."""
     image = BUILTIN_IMAGES[KIND]
     provider.prepare_image(image)
     inst = provider.create_instance(type_name, tags={"outgrow:bench": NAME})
     job_id = "jb" + secrets.token_hex(4)
-    body = {
-        "job_id": job_id,
-        "kind": KIND,
-        "image": {**asdict(image), "pip": list(image.pip)},
-        "script": "",
-        "jupyter_token": secrets.token_hex(16),
-        "base_url": f"/jobs/{job_id}/",
-        "evade_oom": True,
-    }
+    body = StartJob(
+        job_id=job_id,
+        kind=KIND,
+        image=ImageBody.of(image),
+        jupyter_token=secrets.token_hex(16),
+        base_url=f"/jobs/{job_id}/",
+        evade_oom=True,
+    )
     try:
         if before_start is not None:
             before_start(inst, job_id)
@@ -194,11 +193,11 @@ def shutdown_kernel(base: str, token: str, kid: str) -> None:
 
 def job_memory(inst: InstanceInfo) -> dict[str, Any]:
     with agent(inst) as a:
-        now = a.metrics()["now"] or {}
+        now = a.metrics().now
     return {
-        "job_mem_used_bytes": now.get("mem_used_bytes"),
-        "job_mem_rss_bytes": now.get("mem_rss_bytes"),
-        "job_mem_limit_bytes": now.get("mem_limit_bytes"),
+        "job_mem_used_bytes": now.mem_used_bytes if now else None,
+        "job_mem_rss_bytes": now.mem_rss_bytes if now else None,
+        "job_mem_limit_bytes": now.mem_limit_bytes if now else None,
     }
 
 
@@ -245,7 +244,7 @@ class SizeRun:
         self.modes = modes
         self.storage = storage
         self.inst: InstanceInfo | None = None
-        self.body: dict[str, Any] = {}
+        self.body: StartJob | None = None
         self.ks: Any = None
         self.kid = ""
         self.checksum = ""
@@ -267,11 +266,13 @@ class SizeRun:
     @property
     def base(self) -> str:
         assert self.inst is not None
+        assert self.body is not None
         return jupyter_base(self.inst, self.body)
 
     @property
     def token(self) -> str:
-        return str(self.body["jupyter_token"])
+        assert self.body is not None
+        return self.body.jupyter_token
 
     def connect(self) -> None:
         if self.ks is None:
@@ -349,7 +350,7 @@ class SizeRun:
     def _recover_job(self) -> None:
         assert self.inst is not None
         with agent(self.inst) as a:
-            phase = a.job().get("phase")
+            phase = a.job().phase
         if phase == "running":
             return
         self.say(f"  the job is {phase}; starting a new one for the reload measurement")
@@ -452,9 +453,9 @@ class SizeRun:
             self.disconnect()
             try:
                 with agent(self.inst) as a:
-                    init_pid = int(a.job()["pid"])
+                    init_pid = int(a.job().pid or 0)
                     t0 = time.monotonic()
-                    ck = a.checkpoint(dest_dir=str(dest))
+                    ck = a.checkpoint(CheckpointRequest(dest_dir=str(dest)))
                     t1 = time.monotonic()
                     a.commit()
                     t2 = time.monotonic()
@@ -463,19 +464,19 @@ class SizeRun:
                     # still-open loopback connections (EADDRNOTAVAIL).
                     teardown_s = tree_exited(init_pid)
                     t2b = time.monotonic()
-                    rs = a.restore(source_dir=str(dest))
+                    rs = a.restore(RestoreRequest(source_dir=str(dest)))
                     t3 = time.monotonic()
                 rec = {
-                    "freeze_s": ck["freeze_s"],
-                    "dump_s": ck["dump_s"],
-                    "restore_s": rs["restore_s"],
-                    "healthy_s": rs["healthy_s"],
+                    "freeze_s": ck.freeze_s,
+                    "dump_s": ck.dump_s,
+                    "restore_s": rs.restore_s,
+                    "healthy_s": rs.healthy_s,
                     "checkpoint_call_s": round(t1 - t0, 4),
                     "commit_call_s": round(t2 - t1, 4),
                     "teardown_wait_s": round(teardown_s, 4),
                     "restore_call_s": round(t3 - t2b, 4),
-                    "checkpoint_bytes": ck["local_bytes"],
-                    "rss_bytes": ck["rss_bytes"],
+                    "checkpoint_bytes": ck.local_bytes,
+                    "rss_bytes": ck.rss_bytes,
                 }
             finally:
                 shutil.rmtree(dest, ignore_errors=True)
@@ -612,7 +613,7 @@ def table(result: dict[str, Any]) -> Table:
     """One row per size and mode (medians; downtime also with its min–max)."""
     t = Table(
         title="Live migration of a Jupyter kernel (medians; downtime with min–max)",
-        caption="seconds unless marked; target = 0.3 s + checkpoint GB / 2 (DESIGN §6); in "
+        caption="seconds unless marked; target = 0.3 s + checkpoint GB / 2 (docs/design.md); in "
         "page-server mode the pages stream during the dump (xfer = the other images only); "
         "volume = the job directory on a loop volume moved with the job (copy mode; storage = "
         "unmount, detach, attach, mount, inside the downtime); /ps and /copy = downtime over "

@@ -14,7 +14,7 @@ compares, in alternating rounds so drift hits both sides alike:
   the execute request to the kernel's idle status.
 
 ``measure()`` does only the measuring, against URLs it is given (tests/root/test_proxy.py
-calls it on its own control plane). DESIGN §6 targets: latency ≤ 1.2×, WebSocket
+calls it on its own control plane). Targets (docs/design.md): latency ≤ 1.2×, WebSocket
 throughput ≥ 0.8× of direct access; ``problems()`` lists the ones missed.
 """
 
@@ -302,10 +302,10 @@ def run(
     signature matches the other benchmarks' for benchmarks/run.py)."""
     if os.geteuid() != 0:
         raise SystemExit("the proxy benchmark needs root (namespaces, cgroups, CRIU)")
-    from outgrow.api.app import create_app
     from outgrow.controlplane.service import ControlPlane
     from outgrow.domain.jobs import JobSpec
     from outgrow.providers.local.provider import LocalProvider
+    from outgrow.server import create_app
     from outgrow.settings import Settings
     from outgrow.store import Store
 
@@ -318,7 +318,7 @@ def run(
     store = Store.open(f"sqlite:///{data_dir}/outgrow.db")
     provider = LocalProvider(settings)
     plane = ControlPlane(settings, store, provider)
-    boot = plane.bootstrap(None)
+    boot = plane.accounts.bootstrap(None)
     assert boot is not None
     token = boot[1]
     say(f"resource prefix {prefix}, pool {pool}, data dir {data_dir}")
@@ -327,7 +327,7 @@ def run(
     plane.start()
     try:
         with serve(create_app(plane)) as url:
-            admin = plane.authenticate(token)
+            admin = plane.accounts.authenticate(token)
             job = plane.submit(admin, JobSpec(name="bench", image="jupyter-server", cpu="1"))
             view = wait_status(plane, admin, job.id, "Executing", 600)
             assert view.instance is not None and view.instance.address
@@ -335,7 +335,7 @@ def run(
                 f"{url}/jobs/{job.id}/",
                 f"http://{view.instance.address}:8888/jobs/{job.id}/",
                 token,
-                plane.jupyter_token(admin, job.id),
+                plane.proxy_target(admin, job.id)[3],
                 requests=requests,
                 messages=messages,
                 big=big,

@@ -1,4 +1,4 @@
-"""Pure summarising code of the benchmarks: medians, ratios, the DESIGN targets.
+"""Pure summarising code of the benchmarks: medians, ratios, the design targets (docs/design.md).
 
 No I/O and no outgrow runtime here, so tests/unit/test_bench_summary.py can check it with
 made-up inputs. The migration benchmark stores raw figures per data size (see
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 GIB = 1024**3
 GB = 1e9
 
-# DESIGN.md §6: downtime ≤ 0.3 s + state / 2 GB/s; checkpoint ≤ 1.1 × resident memory.
+# docs/design.md, targets: downtime ≤ 0.3 s + state / 2 GB/s; checkpoint ≤ 1.1 × resident memory.
 TARGET_BASE_S = 0.3
 TARGET_GB_PER_S = 2.0
 CHECKPOINT_RSS_MAX = 1.1
@@ -81,7 +81,7 @@ def pick_type(types: Iterable[TypeLike], size_gib: float) -> TypeLike:
 
 
 def downtime_target_s(state_bytes: float) -> float:
-    """DESIGN.md §6: 0.3 s + state / (2 GB/s), state in decimal GB."""
+    """docs/design.md, targets: 0.3 s + state / (2 GB/s), state in decimal GB."""
     return TARGET_BASE_S + state_bytes / GB / TARGET_GB_PER_S
 
 

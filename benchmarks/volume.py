@@ -25,7 +25,7 @@ from typing import Any
 
 from outgrow.agent.mounts import loop_devices, mounted_on, mounts
 from outgrow.domain.storage import StorageKind
-from outgrow.errors import AgentError, ConflictError, StorageError
+from outgrow.errors import ConflictError, StorageError
 from outgrow.orchestrator.migrate import agent
 from outgrow.providers.base import InstanceInfo
 from outgrow.providers.local.provider import LocalProvider
@@ -79,7 +79,7 @@ class JobVolume:
             {
                 "first_device": storage.device,
                 "first_mount_s": round(time.monotonic() - t0, 4),
-                "agent_mount_s": r["seconds"],
+                "agent_mount_s": r.seconds,
                 "formatted": r["formatted"],
             }
         )
@@ -122,9 +122,8 @@ class JobVolume:
                 try:
                     a.release_storage(self.job_id, storage)
                     break
-                except AgentError as exc:
-                    busy = exc.remote_code in (ConflictError.code, StorageError.code)
-                    if not busy or time.monotonic() - t0 > RELEASE_TIMEOUT_S:
+                except (ConflictError, StorageError):
+                    if time.monotonic() - t0 > RELEASE_TIMEOUT_S:
                         raise
                     time.sleep(0.2)
         self.p.detach_job_storage(self.job_id, inst)

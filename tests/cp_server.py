@@ -16,9 +16,9 @@ import httpx
 import uvicorn
 
 from conftest import leftovers, make_settings, unique_prefix
-from outgrow.api.app import create_app
 from outgrow.controlplane.service import ControlPlane
 from outgrow.providers.local.provider import LocalProvider
+from outgrow.server import create_app
 from outgrow.store import Store
 
 
@@ -73,7 +73,7 @@ def control_plane(tmp: Path, **overrides: Any) -> Iterator[Server]:
     provider = LocalProvider(settings)
     port = free_port()
     plane = ControlPlane(settings, store, provider, public_url=f"http://127.0.0.1:{port}")
-    boot = plane.bootstrap("admin-password-1")
+    boot = plane.accounts.bootstrap("admin-password-1")
     assert boot is not None
     plane.start()
     server = uvicorn.Server(
@@ -138,7 +138,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-c",
-                "from outgrow.api.server import serve\n"
+                "from outgrow.server import serve\n"
                 "from outgrow.settings import Settings\nserve(Settings())",
             ],
             env=self.env(),

@@ -19,7 +19,11 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     │   └── TransferError      moving checkpoint images between agents failed
     ├── MigrationError         a migration did not complete (job left on the source)
     │   └── JobLostError       … and the job could not be brought back on the source
-    └── AgentError             an agent answered with an error or could not be reached
+    └── AgentError             an agent could not be reached, or broke the agent protocol
+
+An agent's own error answers carry these codes; its client (``outgrow.agentapi.client``)
+raises the same class again on the caller's side (:func:`error_class`), so a conflict on an
+agent is a ConflictError wherever it surfaces.
 """
 
 from __future__ import annotations
@@ -102,13 +106,14 @@ class JobLostError(MigrationError):
 class AgentError(OutgrowError):
     code = "agent"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        detail: str | None = None,
-        field: str | None = None,
-        remote_code: str | None = None,
-    ):
-        super().__init__(message, detail=detail, field=field)
-        self.remote_code = remote_code
+
+def _classes(root: type[OutgrowError]) -> list[type[OutgrowError]]:
+    out = [root]
+    for sub in root.__subclasses__():
+        out += _classes(sub)
+    return out
+
+
+def error_class(code: str) -> type[OutgrowError] | None:
+    """The error class whose ``code`` is ``code`` (None: not one of outgrow's)."""
+    return next((c for c in _classes(OutgrowError) if c.code == code), None)

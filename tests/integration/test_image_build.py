@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from outgrow.agent.images import BuiltImage, ImageCache, ImageSpec
+from outgrow.agent.images import BuiltImage, ImageCache
+from outgrow.domain.images import ImageSpec
 from outgrow.errors import ImageBuildError, NotFoundError
 
 pytestmark = pytest.mark.slow

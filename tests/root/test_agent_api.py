@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import httpx
 import pytest
 
-from outgrow.agent.client import AgentClient
-from outgrow.agent.images import BUILTIN_IMAGES
-from outgrow.errors import AgentError
+from outgrow.agentapi.client import AgentClient
+from outgrow.agentapi.models import AgentPhase, ImageBody, JobStatus, StartJob
+from outgrow.domain.images import BUILTIN_IMAGES
+from outgrow.errors import AgentError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.local.provider import LocalProvider
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def python_body(job_id: str, script: str) -> dict[str, object]:
-    image = BUILTIN_IMAGES["python"]
-    return {
-        "job_id": job_id,
-        "kind": "python",
-        "script": script,
-        "image": {**asdict(image), "pip": list(image.pip)},
-    }
+def python_body(job_id: str, script: str) -> StartJob:
+    image = ImageBody.of(BUILTIN_IMAGES["python"])
+    return StartJob(job_id=job_id, kind="python", script=script, image=image)
 
 
 def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) -> None:
@@ -42,36 +37,45 @@ def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) 
         with AgentClient(inst.agent_url, "wrong") as bad, pytest.raises(AgentError, match="token"):
             bad.job()
 
+        # A body the typed client would not even send: the agent answers with its own error.
+        bad_body = python_body("j1", "print(1)").model_dump() | {"job_id": "../etc"}
+        r = httpx.post(
+            f"{inst.agent_url}/v1/job",
+            json=bad_body,
+            headers={"Authorization": f"Bearer {inst.agent_token}"},
+            timeout=5,
+        )
+        assert r.status_code == 422 and r.json()["error"] == "invalid"
+        assert r.json()["field"] == "job_id", r.json()
+
         with agent(inst) as a:
-            assert a.job() == {"phase": "none"}
-            with pytest.raises(AgentError, match="needs a job script"):
+            assert a.job() == JobStatus(phase=AgentPhase.NONE)
+            with pytest.raises(ValidationError, match="needs a job script"):
                 a.start_job(python_body("j1", ""))
-            with pytest.raises(AgentError, match="invalid job id"):
-                a.start_job(python_body("../etc", "print(1)"))
             a.start_job(
                 python_body("j1", "import time\nprint('hello', flush=True)\ntime.sleep(60)\n")
             )
             wait_job(inst)
-            with pytest.raises(AgentError, match="already runs job j1"):
+            with pytest.raises(ConflictError, match="already runs job j1"):
                 a.start_job(python_body("j2", "print(2)"))
             deadline = time.monotonic() + 10
-            while "hello" not in a.logs("stdout")["data"]:
+            while "hello" not in a.logs("stdout").data:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            with pytest.raises(AgentError, match="no log stream"):
+            with pytest.raises(NotFoundError, match="no log stream"):
                 a.logs("secrets")
-            m = a.metrics()
-            assert m["now"]["mem_limit_bytes"] == 256 * 1024**2
-            assert m["now"]["cpu_quota_vcpus"] == 0.25
+            now = a.metrics().now
+            assert now is not None and now.mem_limit_bytes == 256 * 1024**2
+            assert now.cpu_quota_vcpus == 0.25
             st = a.stop_job(grace_s=2)
-            assert st["phase"] == "stopped"
+            assert st.phase == AgentPhase.STOPPED
             # A finished job can be replaced by a new one on the same instance.
             a.start_job(python_body("j3", "import sys\nsys.exit(7)\n"))
             deadline = time.monotonic() + 30
-            while (st := a.job())["phase"] not in ("failed", "exited"):
+            while not (st := a.job()).phase.ended:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            assert st["phase"] == "failed" and st["exit_code"] == 7
-            assert st["message"] == "exited with code 7"
+            assert st.phase == AgentPhase.FAILED and st.exit_code == 7
+            assert st.message == "exited with code 7"
     finally:
         p.delete_instance(inst.id)

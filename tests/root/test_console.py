@@ -86,9 +86,9 @@ def free_port() -> int:
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     import uvicorn
 
-    from outgrow.api.app import create_app
     from outgrow.controlplane.service import ControlPlane
     from outgrow.providers.local.provider import LocalProvider
+    from outgrow.server import create_app
     from outgrow.store import Store
 
     tmp = tmp_path_factory.mktemp("console")
@@ -99,7 +99,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     plane = ControlPlane(settings, store, provider, public_url=url)
-    boot = plane.bootstrap(PASSWORD)
+    boot = plane.accounts.bootstrap(PASSWORD)
     assert boot is not None
     plane.start()
     app = create_app(plane)

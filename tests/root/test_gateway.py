@@ -14,7 +14,8 @@ import pytest
 
 from cp_server import Server, control_plane, free_port
 from jupyter_ws import KernelSession, create_kernel
-from outgrow.agent.images import BUILTIN_IMAGES, ImageCache
+from outgrow.agent.images import ImageCache
+from outgrow.domain.images import BUILTIN_IMAGES
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -90,10 +90,10 @@ def vol_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_volume_follows_the_job_through_migrate_suspend_resume(vol_cp: Server) -> None:
     cp = vol_cp
     job, j, ks = start_notebook(cp, "vol")
-    job_dir = cp.plane.data_dir / "jobs" / job
+    job_dir = cp.plane.settings.data_dir / "jobs" / job
     device = mount_source(job_dir)
     assert device and device.startswith("/dev/loop"), device
-    assert len(loops_of(cp.plane.data_dir)) == 1
+    assert len(loops_of(cp.plane.settings.data_dir)) == 1
 
     msg = ks.execute(TICKS)
     time.sleep(0.5)
@@ -107,14 +107,14 @@ def test_volume_follows_the_job_through_migrate_suspend_resume(vol_cp: Server) -
     assert "DONE" in out.text
     check_state(ks, (4 << 20) + 1)
     assert mount_source(job_dir) is not None  # mounted again, for the new instance
-    assert len(loops_of(cp.plane.data_dir)) == 1  # one volume, moved — not copied
+    assert len(loops_of(cp.plane.settings.data_dir)) == 1  # one volume, moved — not copied
 
     r = cp.post(f"/jobs/{job}/suspend")
     assert r.status_code == 202, r.text
     cp.wait(job, {"Suspended"})
     # Suspended: no instance holds the volume; the job directory is not on the host.
     assert mount_source(job_dir) is None
-    assert loops_of(cp.plane.data_dir) == []
+    assert loops_of(cp.plane.settings.data_dir) == []
     assert not (job_dir / "workspace" / "notes.bin").exists()
     logs = cp.get(f"/jobs/{job}/logs", params={"stream": "stderr"}).json()
     assert "Jupyter Server" in logs["data"], logs  # kept by the control plane
@@ -129,8 +129,8 @@ def test_volume_follows_the_job_through_migrate_suspend_resume(vol_cp: Server) -
     assert cp.post(f"/jobs/{job}/cancel").status_code == 202
     cp.wait(job, {"Cancelled"})
     assert mount_source(job_dir) is None
-    assert loops_of(cp.plane.data_dir) == []
-    assert not list((cp.plane.data_dir / "volumes").glob(f"{job}*"))
+    assert loops_of(cp.plane.settings.data_dir) == []
+    assert not list((cp.plane.settings.data_dir / "volumes").glob(f"{job}*"))
 
 
 def create_kernel_id(cp: Server, j: dict[str, Any]) -> str:
@@ -174,11 +174,11 @@ def test_a_failed_volume_move_restores_the_job_on_the_source(
     ks = KernelSession(j["url"], cp.token, create_kernel_id(cp, j))
     check_state(ks, (4 << 20) + 1)
     ks.close()
-    assert len(loops_of(cp.plane.data_dir)) == 1
+    assert len(loops_of(cp.plane.settings.data_dir)) == 1
     assert cp.post(f"/jobs/{job}/cancel").status_code == 202
     cp.wait(job, {"Cancelled"})
-    assert loops_of(cp.plane.data_dir) == []
-    assert os.path.ismount(cp.plane.data_dir / "jobs" / job) is False
+    assert loops_of(cp.plane.settings.data_dir) == []
+    assert os.path.ismount(cp.plane.settings.data_dir / "jobs" / job) is False
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +225,8 @@ def test_s3_synced_directory_and_checkpoint(s3_cp: Server, moto_s3: Any) -> None
     keys = s3_keys(moto_s3, job)
     suspend = [k for k in keys if "/suspend/" in k and k.endswith(".tar")]
     assert len(suspend) == 1, keys  # the checkpoint is in S3, not on the host
-    assert not (cp.plane.data_dir / "checkpoints" / job).exists() or not any(
-        (cp.plane.data_dir / "checkpoints" / job).iterdir()
+    assert not (cp.plane.settings.data_dir / "checkpoints" / job).exists() or not any(
+        (cp.plane.settings.data_dir / "checkpoints" / job).iterdir()
     )
     ks.close()
     assert cp.post(f"/jobs/{job}/resume").status_code == 202

@@ -135,12 +135,12 @@ def test_volume_moves_between_two_real_instances(volume_env: dict[str, Any]) -> 
         p.attach_job_storage(job, b)
 
     r = mount_job_dir(st, path)
-    assert r["kind"] == "volume" and r["formatted"] is True and os.path.ismount(path)
+    assert r.kind == "volume" and r.formatted is True and os.path.ismount(path)
     (path / "notes.txt").write_text("x = 41\n")
     big = os.urandom(10 * MIB)
     (path / "data").mkdir()
     (path / "data" / "big.bin").write_bytes(big)
-    assert mount_job_dir(st, path)["formatted"] is False  # already mounted: nothing to do
+    assert mount_job_dir(st, path).formatted is False  # already mounted: nothing to do
     with pytest.raises(ProviderError, match="still mounted"):
         p.detach_job_storage(job, a)
 
@@ -155,7 +155,7 @@ def test_volume_moves_between_two_real_instances(volume_env: dict[str, Any]) -> 
     st2 = p.attach_job_storage(job, b)
     assert st2.kind is StorageKind.VOLUME and loops_of(img) == [st2.device]
     r = mount_job_dir(st2, path)
-    assert r["formatted"] is False
+    assert r.formatted is False
     assert (path / "notes.txt").read_text() == "x = 41\n"
     assert hashlib.sha256((path / "data" / "big.bin").read_bytes()).digest() == (
         hashlib.sha256(big).digest()
@@ -165,7 +165,8 @@ def test_volume_moves_between_two_real_instances(volume_env: dict[str, Any]) -> 
     p.delete_job_storage(job)
     p.delete_job_storage(job)  # idempotent
     assert not img.exists() and not img.with_suffix(".json").exists()
-    assert p.checkpoint_url(job, "c1") is None
+    # suspend checkpoints of volume jobs stay on this host, in the data dir
+    assert p.checkpoint_location(job, "c1") == str(p.settings.data_dir / "checkpoints" / job / "c1")
 
 
 def test_release_names_the_processes_holding_the_volume(volume_env: dict[str, Any]) -> None:
@@ -271,7 +272,7 @@ def test_s3_job_dir_round_trip_through_moto_fake_s3(tmp_path: Path, moto_s3: Fak
     path = tmp_path / "jobs" / job
     path.mkdir(parents=True)  # an empty directory is fine
     r = mount_job_dir(st, path)
-    assert r["kind"] == "s3" and r["bytes"] == 0 and list(path.iterdir()) == []
+    assert r.kind == "s3" and r.bytes == 0 and list(path.iterdir()) == []
 
     (path / "a.txt").write_text("hello\n")
     (path / "a.txt").chmod(0o640)
@@ -286,14 +287,14 @@ def test_s3_job_dir_round_trip_through_moto_fake_s3(tmp_path: Path, moto_s3: Fak
     size = 6 + 18 + 6 * MIB + 123
 
     r = release_job_dir(st, path)
-    assert r == {"kind": "s3", "seconds": r["seconds"], "bytes": size}
+    assert (r.kind, r.bytes) == ("s3", size)
     assert not path.exists()
     etag = s3.head_object(Bucket=moto_s3.bucket, Key=key)["ETag"]
-    assert release_job_dir(st, path)["bytes"] == 0  # released already: no empty upload
+    assert release_job_dir(st, path).bytes == 0  # released already: no empty upload
     assert s3.head_object(Bucket=moto_s3.bucket, Key=key)["ETag"] == etag
 
     r = mount_job_dir(st, path)
-    assert r["bytes"] == size
+    assert r.bytes == size
     assert snapshot(path) == before
     with pytest.raises(StorageError, match="is not empty"):
         mount_job_dir(st, path)
@@ -304,7 +305,7 @@ def test_s3_job_dir_round_trip_through_moto_fake_s3(tmp_path: Path, moto_s3: Fak
     assert "Contents" not in s3.list_objects_v2(Bucket=moto_s3.bucket, Prefix=key)
     p.delete_job_storage(job)  # idempotent
 
-    url = p.checkpoint_url(job, "c1")
+    url = p.checkpoint_location(job, "c1")
     assert url == f"s3://{moto_s3.bucket}/outgrow/outgrow/suspend/{job}/c1.tar"
     p.delete_checkpoint(url)  # nothing there: idempotent
 
@@ -323,11 +324,11 @@ def test_modes_and_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     job = job_id()
     st = p.attach_job_storage(job, fake_instance(p, "aaaa0001"))
     assert st == JobStorage()
-    assert mount_job_dir(st, p.jobs_dir / job)["kind"] == "shared"
+    assert mount_job_dir(st, p.jobs_dir / job).kind == "shared"
     assert (p.jobs_dir / job).is_dir()
-    assert release_job_dir(st, p.jobs_dir / job)["bytes"] == 0
+    assert release_job_dir(st, p.jobs_dir / job).bytes == 0
     assert (p.jobs_dir / job).is_dir(), "a shared directory stays where it is"
-    assert p.checkpoint_url(job, "c1") is None
+    assert p.checkpoint_location(job, "c1").startswith(str(p.settings.data_dir))
     with pytest.raises(ProviderError, match="invalid job"):
         LocalProvider(
             make_settings(tmp_path, unique_prefix(), local_job_storage="volume")

@@ -136,7 +136,7 @@ def connect(address: IPv4Address, port: int = PORT) -> str:
 
 
 def connect_from(info: NetnsInfo, address: IPv4Address, port: int = PORT) -> str:
-    argv = [*run_in_netns_argv(info), sys.executable, "-c", CLIENT, str(address), str(port)]
+    argv = [*run_in_netns_argv(info.path), sys.executable, "-c", CLIENT, str(address), str(port)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
@@ -188,7 +188,7 @@ def serve() -> Iterator[Callable[[NetnsInfo], None]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(info: NetnsInfo) -> None:
-        argv = [*run_in_netns_argv(info), sys.executable, "-c", SERVER, str(PORT), info.name]
+        argv = [*run_in_netns_argv(info.path), sys.executable, "-c", SERVER, str(PORT), info.name]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         procs.append(proc)
         assert proc.stdout is not None
@@ -212,7 +212,7 @@ def check_instance(net: HostNetwork, info: NetnsInfo, address: str) -> None:
     assert info.prefix_len == 24
     assert info.gateway == net.gateway == net.pool.network_address + 1
     assert info.inode == os.stat(info.path).st_ino
-    assert run_in_netns_argv(info) == ["nsenter", f"--net=/run/netns/{info.name}"]
+    assert run_in_netns_argv(info.path) == ["nsenter", f"--net=/run/netns/{info.name}"]
     # inside: lo and eth0 up, the address, the default route via the bridge
     links = {link["ifname"]: link for link in ip_json("-n", info.name, "link", "show")}
     assert set(links) == {"lo", "eth0"}
@@ -227,7 +227,7 @@ def check_instance(net: HostNetwork, info: NetnsInfo, address: str) -> None:
     assert veth["master"] == net.bridge_name and "UP" in veth["flags"]
     # the inode is the namespace a process inside sees (what CRIU's --external net[] names)
     seen = subprocess.run(
-        [*run_in_netns_argv(info), "readlink", "/proc/self/ns/net"],
+        [*run_in_netns_argv(info.path), "readlink", "/proc/self/ns/net"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert seen == f"net:[{info.inode}]"

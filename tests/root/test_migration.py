@@ -12,14 +12,13 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from jupyter_ws import KernelSession, create_kernel, list_kernels
-from outgrow.agent.images import BUILTIN_IMAGES
+from outgrow.agentapi.models import ImageBody, StartJob
+from outgrow.domain.images import BUILTIN_IMAGES
 from outgrow.errors import MigrationError
 from outgrow.orchestrator.migrate import Migrator, agent, wait_job
 from outgrow.providers.base import InstanceInfo
@@ -30,35 +29,35 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 def start_job(
     provider: LocalProvider, type_name: str, kind: str, *, script: str = "", evade_oom: bool = True
-) -> tuple[InstanceInfo, dict[str, Any]]:
+) -> tuple[InstanceInfo, StartJob]:
     image = BUILTIN_IMAGES[kind]
     provider.prepare_image(image)
     inst = provider.create_instance(type_name)
     job_id = "j" + secrets.token_hex(4)
     token = secrets.token_hex(16)
-    body = {
-        "job_id": job_id,
-        "kind": kind,
-        "image": {**asdict(image), "pip": list(image.pip)},
-        "script": script,
-        "jupyter_token": token if kind != "python" else "",
-        "base_url": f"/jobs/{job_id}/",
-        "evade_oom": evade_oom,
-    }
+    body = StartJob(
+        job_id=job_id,
+        kind=image.kind,
+        image=ImageBody.of(image),
+        script=script,
+        jupyter_token=token if image.is_jupyter else "",
+        base_url=f"/jobs/{job_id}/",
+        evade_oom=evade_oom,
+    )
     with agent(inst) as a:
         a.start_job(body)
     wait_job(inst, timeout=300)
     return inst, body
 
 
-def jupyter_base(inst: InstanceInfo, body: dict[str, Any]) -> str:
-    return f"http://{inst.address}:8888{body['base_url']}"
+def jupyter_base(inst: InstanceInfo, body: StartJob) -> str:
+    return f"http://{inst.address}:8888{body.base_url}"
 
 
 def test_evade_oom_moves_a_running_cell_before_it_dies(local_provider: LocalProvider) -> None:
     p = local_provider
     src, body = start_job(p, "lc.micro", "jupyter-server")  # 512 MiB
-    token = body["jupyter_token"]
+    token = body.jupyter_token
     kid = create_kernel(jupyter_base(src, body), token)
     ks = KernelSession(jupyter_base(src, body), token, kid)
     assert ks.run("x = 41; x").result == "41"
@@ -78,12 +77,12 @@ def test_evade_oom_moves_a_running_cell_before_it_dies(local_provider: LocalProv
     ks.close()
     deadline = time.monotonic() + 60
     with agent(src) as a:
-        while not a.job()["oom_stalled"]:
+        while not a.job().oom_stalled:
             assert time.monotonic() < deadline, "the kernel never stalled at its limit"
-            assert a.job()["phase"] == "running"
+            assert a.job().phase == "running"
             time.sleep(0.05)
-        stalled = a.metrics()["now"]
-    assert stalled["oom_kills"] == 0
+        stalled = a.metrics().now
+    assert stalled.oom_kills == 0
 
     result = Migrator(p).migrate(
         src, target_type="lc.medium", reason="evadeOOM: memory limit reached (512 MiB)"
@@ -101,9 +100,9 @@ def test_evade_oom_moves_a_running_cell_before_it_dies(local_provider: LocalProv
     assert ks.run("x").result == "41"
     assert list_kernels(jupyter_base(dst, body), token) == [kid]
     with agent(dst) as a:
-        now = a.metrics()["now"]
-        assert now["oom_kills"] == 0
-        assert now["mem_limit_bytes"] == 2 * 1024**3
+        now = a.metrics().now
+        assert now.oom_kills == 0
+        assert now.mem_limit_bytes == 2 * 1024**3
     ks.close()
     # The small instance is gone: no record, no namespace.
     assert p.describe_instance(src.id) is None
@@ -114,7 +113,7 @@ def test_evade_oom_moves_a_running_cell_before_it_dies(local_provider: LocalProv
 def test_manual_migration_up_then_down(local_provider: LocalProvider) -> None:
     p = local_provider
     inst, body = start_job(p, "lc.small", "jupyter-server")
-    token = body["jupyter_token"]
+    token = body.jupyter_token
     kid = create_kernel(jupyter_base(inst, body), token)
     ks = KernelSession(jupyter_base(inst, body), token, kid)
     ks.run("import numpy as np; data = np.arange(10_000_000); s = int(data.sum())")
@@ -146,7 +145,7 @@ COUNTER = (
 
 def counter_lines(inst: InstanceInfo) -> list[tuple[int, float]]:
     with agent(inst) as a:
-        text = a.logs("stdout")["data"]
+        text = a.logs("stdout").data
     return [(int(a), float(b)) for a, b in (ln.split() for ln in text.splitlines() if ln)]
 
 
@@ -169,7 +168,7 @@ def test_failed_migration_leaves_the_job_running_on_the_source(
     time.sleep(1.0)
     with agent(src) as a:
         st = a.job()
-    assert st["phase"] == "running" and not st["restored"]
+    assert st.phase == "running" and not st.restored
     lines = counter_lines(src)
     assert lines[-1][0] >= before + 5, "the counter did not resume on the source"
     assert [n for n, _ in lines] == list(range(1, len(lines) + 1))
@@ -191,10 +190,10 @@ def test_batch_job_keeps_counting_across_a_migration(local_provider: LocalProvid
     assert len(numbers) >= 20
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(lines)]
     assert max(gaps) < 0.1 + r.downtime_s + 1.0
-    counter = Path(p.jobs_dir / body["job_id"] / "workspace" / "counter")
+    counter = Path(p.jobs_dir / body.job_id / "workspace" / "counter")
     assert int(counter.read_text()) >= numbers[-1]
     with agent(dst) as a:
-        assert a.job()["phase"] == "running" and a.job()["restored"]
+        assert a.job().phase == "running" and a.job().restored
     p.delete_instance(dst.id)
 
 
@@ -221,7 +220,7 @@ def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     p = local_provider
     inst, _ = start_job(p, "lc.nano", "python", script=COUNTER)
     with agent(inst) as a:  # a spot notice arrives before the agent dies
-        at = a.reclaim_notice(600, source="aws spot instance-action")["reclaim_at"]
+        at = a.reclaim_notice(600, source="aws spot instance-action").reclaim_at
     pid = int((p.root / inst.id / "agent.pid").read_text())
     import os
     import signal
@@ -231,9 +230,9 @@ def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     p.restart_agent(inst.id)
     with agent(inst) as a:
         st = a.job()
-    assert st["phase"] == "running"
+    assert st.phase == "running"
     # The restarted agent still knows the deadline (the watcher only relays earlier ones).
-    assert st["reclaim_at"] == at and st["reclaim_source"] == "aws spot instance-action"
+    assert st.reclaim_at == at and st.reclaim_source == "aws spot instance-action"
     n1 = counter_lines(inst)[-1][0]
     time.sleep(0.5)
     assert counter_lines(inst)[-1][0] > n1
@@ -287,19 +286,19 @@ def test_outside_connections_in_any_state_do_not_stop_a_move(
         _move_with_outside_sockets(p, src, body)
     finally:
         for inst in p.list_instances():
-            if inst.tags.get("outgrow:job") == body["job_id"] or inst.id == src.id:
+            if inst.tags.get("outgrow:job") == body.job_id or inst.id == src.id:
                 p.delete_instance(inst.id)
         kept.close()
         service.close()
 
 
-def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: dict[str, Any]) -> None:
+def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: StartJob) -> None:
     import socket
 
     peer = socket.create_connection((src.address, 8888), timeout=5)
     deadline = time.monotonic() + 10
     with agent(src) as a:
-        while "accepted 1" not in a.logs("stdout")["data"]:
+        while "accepted 1" not in a.logs("stdout").data:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     peer.close()  # the job's end: CLOSE_WAIT
@@ -309,12 +308,12 @@ def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: dict[s
     dst = p.describe_instance(r.target_instance)
     assert dst is not None
     pending.close()
-    (p.jobs_dir / body["job_id"] / "workspace" / "go").touch()
+    (p.jobs_dir / body.job_id / "workspace" / "go").touch()
     fresh = socket.create_connection((dst.address, 8888), timeout=5)
     fresh.sendall(b"hello")
     deadline = time.monotonic() + 20
     with agent(dst) as a:
-        while "accepted 2 hello" not in (out := a.logs("stdout")["data"]):
+        while "accepted 2 hello" not in (out := a.logs("stdout").data):
             assert time.monotonic() < deadline, out[-500:]
             time.sleep(0.05)
     ticks = [int(n) for n in re.findall(r"tick (\d+)", out)]

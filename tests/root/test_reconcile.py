@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,8 +15,10 @@ import pytest
 
 from conftest import leftovers, make_settings, unique_prefix
 from cp_server import ServerProcess, free_port
-from outgrow.agent.client import AgentClient
-from outgrow.controlplane import actions
+from outgrow.agentapi.client import AgentClient
+from outgrow.agentapi.models import CheckpointRequest
+from outgrow.controlplane.images import Images
+from outgrow.controlplane.instances import Instances
 from outgrow.providers.local.provider import LocalProvider
 from outgrow.store import Store
 
@@ -140,7 +142,9 @@ def test_kill9_after_the_source_stopped_in_a_volume_move(tmp_path: Path) -> None
         target = provider.create_instance("lc.small", tags={"outgrow:job": ref})
         store = Store.open(f"sqlite:///{tmp_path}/outgrow.db")
         try:
-            actions.record_instance(SimpleNamespace(store=store), ref, target, "starting")  # type: ignore[arg-type]
+            # What the dead control plane had recorded: the target, the Floating state.
+            instances = Instances(store, provider, Images(store), threading.Event())
+            instances.record(ref, target, "starting")
             store.set_status(ref, "Floating", "manual → lc.small")
         finally:
             store.close()
@@ -151,14 +155,16 @@ def test_kill9_after_the_source_stopped_in_a_volume_move(tmp_path: Path) -> None
         ):
             rx = b.prepare_receive(page_server=False)
             a.checkpoint(
-                target_url=target.agent_url,
-                target_token=target.agent_token,
-                receive_id=rx["receive_id"],
+                CheckpointRequest(
+                    target_url=target.agent_url,
+                    target_token=target.agent_token,
+                    receive_id=rx.receive_id,
+                )
             )
             a.commit(keep_images=True)
             a.release_storage(ref, storage)
             provider.detach_job_storage(ref, source)
-            assert a.job()["kept_checkpoint"] is True
+            assert a.job().kept_checkpoint is True
         job_dir = tmp_path / "jobs" / ref
         assert not os.path.ismount(job_dir)
 

@@ -11,15 +11,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
 
 from conftest import leftovers, make_settings, unique_prefix
-from outgrow.agent.images import BUILTIN_IMAGES
-from outgrow.controlplane import actions
+from outgrow.agentapi.models import AgentPhase, CheckpointRequest
+from outgrow.controlplane.images import Images
+from outgrow.controlplane.instances import Instances
+from outgrow.controlplane.jobs import start_request
+from outgrow.domain.images import BUILTIN_IMAGES
 from outgrow.domain.jobs import JobSpec
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
 from outgrow.orchestrator.migrate import Migrator, agent, wait_job
@@ -27,6 +28,7 @@ from outgrow.providers.base import InstanceInfo
 from outgrow.providers.local import firewall
 from outgrow.providers.local.network import NetnsInfo, new_instance_id
 from outgrow.providers.local.provider import LocalProvider
+from outgrow.store import JobRecord, Store
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -113,16 +115,18 @@ def provider(tmp_path: Path) -> Iterator[LocalProvider]:
     assert leftovers(prefix) == []
 
 
-def fake_cp(p: LocalProvider) -> Any:
-    """Just what actions.create_instance/agent_body use of a ControlPlane."""
-    store = SimpleNamespace(get_image=lambda name: None, add_event=lambda *a, **k: None)
-    return SimpleNamespace(
-        provider=p, store=store, stopping=threading.Event(), settings_retry_cap=0.0
-    )
+def control(p: LocalProvider) -> tuple[Instances, Store]:
+    """The control plane's own instance logic (vmPolicy, security group) on this provider,
+    over a real in-memory store."""
+    store = Store.open("sqlite://")
+    return Instances(store, p, Images(store), threading.Event(), retry_cap_s=0.0), store
 
 
-def job_record(job_id: str, spec: JobSpec) -> Any:
-    return SimpleNamespace(id=job_id, spec=spec, jupyter_token="")
+def new_job(store: Store, spec: JobSpec) -> JobRecord:
+    user = store.get_user("u") or store.create_user("u", "password")
+    job = store.get_job(store.create_job(user.id, spec, secrets.token_hex(16)))
+    assert job is not None
+    return job
 
 
 def wait_listening(inst: InstanceInfo, timeout: float = 60) -> None:
@@ -142,15 +146,16 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
     assert outside.address not in ipaddress.ip_network(allowed)
     gateway = str(p.net.gateway)
 
-    job_id = "j" + secrets.token_hex(5)
     spec = JobSpec(
         name="sg", image="python", script=SERVER, publish=["9000:9000"], allow_cidr=[allowed]
     )
-    cp = fake_cp(p)
+    instances, store = control(p)
+    job = new_job(store, spec)
+    job_id = job.id
     image = BUILTIN_IMAGES["python"]
     p.prepare_image(image)
     nano = p.instance_types().get("lc.nano")
-    src = actions.create_instance(cp, job_record(job_id, spec), nano)
+    src = instances.create(job, nano)
 
     # The control plane made the group from the spec; the table is there before the job.
     sg = SecurityGroup(job_id, ((9000, 9000),), (allowed,))
@@ -160,8 +165,8 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
 
     # The agent API works through it (the control plane is the gateway).
     with agent(src) as a:
-        assert a.health()["instance_id"] == src.id
-        a.start_job(actions.agent_body(cp, job_record(job_id, spec), image))
+        assert a.health().instance_id == src.id
+        a.start_job(start_request(job, image))
     wait_job(src, timeout=300)
     wait_listening(src)
 
@@ -189,14 +194,14 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
     before = count_of(probe(src.address, 9000))
 
     # The migration target is made like the control plane makes it: same group.
-    target = actions.create_instance(
-        cp, job_record(job_id, spec2), p.instance_types().get("lc.small")
-    )
+    store.update_job(job_id, spec=spec2)
+    target = instances.create(store.get_job(job_id) or job, p.instance_types().get("lc.small"))
     assert p.security_group(target.id) == sg2
     with agent(target) as a:  # the page server uses the range the group lets in
         rx = a.prepare_receive(page_server=True)
-        assert PAGE_SERVER_PORTS[0] <= rx["page_server_port"] <= PAGE_SERVER_PORTS[1]
-        a.drop_receive(rx["receive_id"])
+        assert rx.page_server_port is not None
+        assert PAGE_SERVER_PORTS[0] <= rx.page_server_port <= PAGE_SERVER_PORTS[1]
+        a.drop_receive(rx.receive_id)
 
     # Checkpoint lock + SG on the source, page server + uploads through the target's SG.
     result = Migrator(p).migrate(src, target=target, reason="manual")
@@ -204,7 +209,7 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
     assert not Path(f"/run/netns/{p.prefix}-{src.id}").exists()
     with agent(target) as a:
         st = a.job()
-        assert st["phase"] == "running" and st["restored"]
+        assert st.phase == AgentPhase.RUNNING and st.restored
 
     # The same rules hold at the new address, served by the same (restored) process.
     wait_listening(target, timeout=20)
@@ -222,13 +227,13 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
     # the agent API still answers (both tables let the gateway in), the job does not.
     netns = f"/run/netns/{p.prefix}-{target.id}"
     with agent(target) as a:
-        a.checkpoint(dest_dir=str(p.settings.data_dir / "ck"))
+        a.checkpoint(CheckpointRequest(dest_dir=str(p.settings.data_dir / "ck")))
         assert tables(netns) == {"outgrow_sg", f"og-move-{target.id}"}
-        assert a.job()["phase"] == "checkpointed"
+        assert a.job().phase == AgentPhase.CHECKPOINTED
         assert probe(target.address, 9000, inside) == "timeout"
         a.abort()
         assert tables(netns) == {"outgrow_sg"}
-        assert a.job()["phase"] == "running"
+        assert a.job().phase == AgentPhase.RUNNING
     assert reachable(probe(target.address, 9000, inside))
 
     # Only 9100:9000: the host port is open to the CIDR, the job port itself is not
@@ -251,16 +256,16 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
 def test_jupyter_default_is_the_control_plane_only(provider: LocalProvider) -> None:
     p = provider
     peer = p.net.create(new_instance_id())  # another machine on the pool, no allow_cidr
-    job_id = "j" + secrets.token_hex(5)
     spec = JobSpec(name="nb", image="jupyter-server")
     image = BUILTIN_IMAGES["jupyter-server"]
     p.prepare_image(image)
-    cp = fake_cp(p)
-    job = SimpleNamespace(id=job_id, spec=spec, jupyter_token=secrets.token_hex(16))
-    inst = actions.create_instance(cp, job, p.instance_types().get("lc.small"))
+    instances, store = control(p)
+    job = new_job(store, spec)
+    job_id = job.id
+    inst = instances.create(job, p.instance_types().get("lc.small"))
     assert p.security_group(inst.id) == SecurityGroup(job_id, ((8888, 8888),), ())
     with agent(inst) as a:
-        a.start_job(actions.agent_body(cp, job, image))
+        a.start_job(start_request(job, image))
     wait_job(inst, timeout=300)  # running = the agent saw Jupyter answer on 127.0.0.1
     r = httpx.get(
         f"http://{inst.address}:8888/jobs/{job_id}/api/status",

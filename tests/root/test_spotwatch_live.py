@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ import pytest
 
 from conftest import leftovers
 from fake_imds import ACTION, FakeImds
-from outgrow.agent.client import AgentClient
-from outgrow.agent.images import BUILTIN_IMAGES
+from outgrow.agentapi.client import AgentClient
+from outgrow.agentapi.models import AgentPhase, ImageBody, StartJob
+from outgrow.domain.images import BUILTIN_IMAGES
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.local.provider import LocalProvider
 
@@ -81,36 +81,36 @@ def test_spotwatch_relays_imds_signals_to_a_real_agent(
     try:
         with agent(inst) as a:
             a.start_job(
-                {
-                    "job_id": "spotty",
-                    "kind": "python",
-                    "script": "import time\ntime.sleep(300)\n",
-                    "image": {**asdict(image), "pip": list(image.pip)},
-                }
+                StartJob(
+                    job_id="spotty",
+                    kind="python",
+                    script="import time\ntime.sleep(300)\n",
+                    image=ImageBody.of(image),
+                )
             )
             wait_job(inst)
-            assert a.job()["reclaim_at"] is None
+            assert a.job().reclaim_at is None
 
             # 1. No signal yet: the watcher polls (IMDSv2) and tells the agent nothing.
             w = spotwatch(imds, inst.agent_url, token_file)
             procs.append(w)
             wait_for(lambda: len(imds.seen("GET", 404)) >= 6, 15, "no IMDS polls", w)
-            assert a.job()["reclaim_at"] is None
+            assert a.job().reclaim_at is None
 
             # 2. AWS decides to take the instance in 90 s.
             t0 = time.time()
             imds.set_instance_action("terminate", t0 + 90)
-            at = wait_for(lambda: a.job()["reclaim_at"], 5, "no reclaim deadline", w)
+            at = wait_for(lambda: a.job().reclaim_at, 5, "no reclaim deadline", w)
             assert at == pytest.approx(t0 + 90, abs=3)
             st = a.job()
-            assert st["phase"] == "running" and st["job_id"] == "spotty"
-            assert st["reclaim_source"] == "aws spot instance-action"
+            assert st.phase == AgentPhase.RUNNING and st.job_id == "spotty"
+            assert st.reclaim_source == "aws spot instance-action"
             assert "reclaim notice (aws spot instance-action)" in log_file.read_text()
-            assert a.health()["instance_id"] == inst.id
+            assert a.health().instance_id == inst.id
             # Polled on with its one cached token; the same deadline is not posted again.
             n = len(imds.seen("GET"))
             wait_for(lambda: len(imds.seen("GET")) >= n + 6, 10, "stopped polling", w)
-            assert a.job()["reclaim_at"] == at
+            assert a.job().reclaim_at == at
             assert log_file.read_text().count("reclaim notice (") == 1
             assert len(imds.seen("PUT")) == 1 and not imds.seen(status=401)
             stop(w)
@@ -123,11 +123,11 @@ def test_spotwatch_relays_imds_signals_to_a_real_agent(
             w = spotwatch(imds, inst.agent_url, token_file, "--rebalance-lead-s", "30")
             procs.append(w)
             at2 = wait_for(
-                lambda: (v := a.job()["reclaim_at"]) != at and v, 10, "no rebalance deadline", w
+                lambda: (v := a.job().reclaim_at) != at and v, 10, "no rebalance deadline", w
             )
             assert at2 == pytest.approx(time.time() + 30, abs=4)
             assert at2 < at
-            assert a.job()["reclaim_source"] == "aws rebalance recommendation"
+            assert a.job().reclaim_source == "aws rebalance recommendation"
             assert "reclaim notice (aws rebalance recommendation)" in log_file.read_text()
             stop(w)
 
@@ -138,7 +138,7 @@ def test_spotwatch_relays_imds_signals_to_a_real_agent(
         n = len(imds.seen("GET"))
         wait_for(lambda: len(imds.seen("GET")) >= n + 6, 10, "stopped polling", w)
         with AgentClient(inst.agent_url, inst.agent_token) as a:
-            assert a.job()["reclaim_at"] == at2
+            assert a.job().reclaim_at == at2
         err = stop(w)
         assert "missing or invalid agent token" in err
     finally:

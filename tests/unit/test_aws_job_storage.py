@@ -26,7 +26,6 @@ from test_aws_provider import REGION, _ec2, _moto_ami, job_sg, make_provider  # 
 
 from outgrow.domain.storage import JobStorage, StorageKind  # noqa: E402
 from outgrow.errors import ConfigError, ProviderError, TransferError  # noqa: E402
-from outgrow.providers.aws.adaptor import AwsAdaptor  # noqa: E402
 from outgrow.providers.aws.provider import (  # noqa: E402
     TAG_CLUSTER,
     TAG_EC2_ID,
@@ -36,9 +35,10 @@ from outgrow.providers.aws.provider import (  # noqa: E402
     AwsProvider,
 )
 from outgrow.providers.aws.settings import AwsSettings  # noqa: E402
-from outgrow.providers.aws.storage import upload_url  # noqa: E402
 from outgrow.providers.aws.volumes import DEVICE  # noqa: E402
 from outgrow.providers.base import Capability, InstanceInfo  # noqa: E402
+from outgrow.transfer.boto import AwsAdaptor  # noqa: E402
+from outgrow.transfer.s3 import upload_url  # noqa: E402
 
 # ---- fixtures: moto (fake AWS), as in test_aws_provider.py ------------------------------
 

@@ -20,7 +20,6 @@ import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,7 +30,8 @@ moto = pytest.importorskip("moto", reason="moto not installed (dev extra)")
 
 from botocore.exceptions import ClientError  # noqa: E402
 
-from outgrow.controlplane import actions  # noqa: E402
+from outgrow.controlplane.images import Images  # noqa: E402
+from outgrow.controlplane.instances import Instances  # noqa: E402
 from outgrow.domain.jobs import JobSpec  # noqa: E402
 from outgrow.domain.security import SecurityGroup  # noqa: E402
 from outgrow.errors import (  # noqa: E402
@@ -43,7 +43,6 @@ from outgrow.errors import (  # noqa: E402
     ValidationError,
 )
 from outgrow.providers.aws import bootstrap, userdata  # noqa: E402
-from outgrow.providers.aws.adaptor import AwsAdaptor, error_code, retry, translate  # noqa: E402
 from outgrow.providers.aws.criu_script import INSTALL_CRIU_SH  # noqa: E402
 from outgrow.providers.aws.prices import (  # noqa: E402
     load_price_table,
@@ -60,10 +59,12 @@ from outgrow.providers.aws.provider import (  # noqa: E402
 )
 from outgrow.providers.aws.settings import AwsSettings  # noqa: E402
 from outgrow.providers.aws.spotwatch import notice, parse_instance_action  # noqa: E402
-from outgrow.providers.aws.storage import CheckpointStore  # noqa: E402
 from outgrow.providers.aws.userdata import SPOT_UNIT_PATH  # noqa: E402
 from outgrow.providers.base import get_provider  # noqa: E402
 from outgrow.settings import Settings  # noqa: E402
+from outgrow.store import JobRecord, Store  # noqa: E402
+from outgrow.transfer.boto import AwsAdaptor, error_code, retry, translate  # noqa: E402
+from outgrow.transfer.s3 import CheckpointStore  # noqa: E402
 
 REGION = "eu-west-1"
 REPO = Path(__file__).resolve().parents[2]
@@ -236,17 +237,19 @@ def test_moto_catalog_joins_shapes_prices_and_spot(provider: AwsProvider) -> Non
 
 
 def test_moto_allow_deny_and_cheapest_fit(tmp_path: Path, account: dict[str, str]) -> None:
-    """moto (fake AWS): the scheduler's own cheapest-fit choice (actions.initial_type) on
+    """moto (fake AWS): the scheduler's own cheapest-fit choice (Instances.initial_type) on
     the aws catalog, with allow/deny wildcards."""
     p = make_provider(tmp_path, account, allow_types=["r5*", "m*"], deny_types=["r5.large"])
     cat = p.instance_types()
     assert {t.name.split(".")[0] for t in cat} == {"r5", "m5", "m6i"}
     assert "r5.large" not in {t.name for t in cat}
 
+    instances, store = _instances(p)
+
     def initial(cpu: str, mem: str) -> str:
-        job = SimpleNamespace(spec=JobSpec(name="nb", image="python", cpu=cpu, mem=mem))
-        cp = SimpleNamespace(catalog=cat)
-        return actions.initial_type(cp, job).name  # type: ignore[arg-type]
+        name = f"nb{cpu}-{mem}".replace(":", "-")
+        job = _job(store, JobSpec(name=name, image="python", cpu=cpu, mem=mem))
+        return instances.initial_type(job).name
 
     # 2 vCPU 16 GiB: r5.large is denied, r6i.large is not in the allow list → m5.xlarge
     # (4 vCPU 16 GiB, 0.214) beats r5.xlarge (0.282); m5 and m6i cost the same, m5 sorts first
@@ -292,39 +295,37 @@ def _simulate_spot_capacity_error(p: AwsProvider, monkeypatch: pytest.MonkeyPatc
     return seen
 
 
-def _stub_cp(p: AwsProvider) -> SimpleNamespace:
-    events: list[str] = []
-    store = SimpleNamespace(
-        get_image=lambda name: None, add_event=lambda job, level, msg: events.append(msg)
-    )
-    return SimpleNamespace(
-        provider=p,
-        store=store,
-        stopping=threading.Event(),
-        settings_retry_cap=0.0,
-        catalog=p.instance_types(),
-        events=events,
-    )
+def _instances(p: AwsProvider) -> tuple[Instances, Store]:
+    """The control plane's own instance logic on the moto provider, over a real (in-memory)
+    store; no retry waits."""
+    store = Store.open("sqlite://")
+    stopping = threading.Event()
+    return Instances(store, p, Images(store), stopping, retry_cap_s=0.0), store
+
+
+def _job(store: Store, spec: JobSpec) -> JobRecord:
+    user = store.get_user("u") or store.create_user("u", "password")
+    job = store.get_job(store.create_job(user.id, spec, "t"))
+    assert job is not None
+    return job
 
 
 def test_moto_spot_first_falls_back_to_on_demand(
     provider: AwsProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """moto (fake AWS) + a simulated spot capacity error: the control plane's own vmPolicy
-    loop (actions.create_instance) gets a CapacityError for spot and launches on-demand."""
+    loop (Instances.create) gets a CapacityError for spot and launches on-demand."""
     seen = _simulate_spot_capacity_error(provider, monkeypatch)
-    job = SimpleNamespace(
-        id="j1",
-        spec=JobSpec(name="nb", image="jupyter-lab", vm_policy="[spotFirst=true,retryLimit=0]"),
+    instances, store = _instances(provider)
+    job = _job(
+        store, JobSpec(name="nb", image="jupyter-lab", vm_policy="[spotFirst=true,retryLimit=0]")
     )
-    inst = actions.create_instance(
-        _stub_cp(provider), job, provider.instance_types().get("m5.large")
-    )  # type: ignore[arg-type]
+    inst = instances.create(job, provider.instance_types().get("m5.large"))
     assert seen == ["spot", "on-demand"]
     assert inst.spot is False
     raw = raw_instance(provider, inst.id)
     assert "InstanceLifecycle" not in raw
-    assert inst.tags[TAG_JOB] == "j1"
+    assert inst.tags[TAG_JOB] == job.id
 
 
 def test_moto_spot_only_gives_capacity_error_and_leaves_nothing(
@@ -332,17 +333,15 @@ def test_moto_spot_only_gives_capacity_error_and_leaves_nothing(
 ) -> None:
     """moto (fake AWS) + a simulated spot capacity error, vmPolicy spotOnly."""
     seen = _simulate_spot_capacity_error(provider, monkeypatch)
-    job = SimpleNamespace(
-        id="j2", spec=JobSpec(name="nb", image="python", vm_policy="[spotOnly=true,retryLimit=1]")
-    )
-    cp = _stub_cp(provider)
+    instances, store = _instances(provider)
+    job = _job(store, JobSpec(name="nb", image="python", vm_policy="[spotOnly=true,retryLimit=1]"))
     with pytest.raises(CapacityError) as ei:
-        actions.create_instance(cp, job, provider.instance_types().get("m5.large"))  # type: ignore[arg-type]
+        instances.create(job, provider.instance_types().get("m5.large"))
     assert seen == ["spot", "spot"]
     assert "InsufficientInstanceCapacity" in str(ei.value)
     assert "simulated" in (ei.value.detail or "")
     assert isinstance(ei.value.__cause__, ClientError)
-    assert any("retry 1/1" in e for e in cp.events)
+    assert any("retry 1/1" in e.reason for e in store.events(job.id))
     assert provider.list_instances() == []
 
 

@@ -12,12 +12,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from outgrow import __version__
-from outgrow.agent.images import BUILTIN_IMAGES, ImageCache
+from outgrow.agent.images import ImageCache
 from outgrow.cli.local import resolve_run
 from outgrow.cli.main import ROOT_MESSAGE, cli
-from outgrow.domain.instance_types import parse_catalog
+from outgrow.controlplane.foreground import choose_type
+from outgrow.domain.images import BUILTIN_IMAGES
+from outgrow.domain.policy import parse_cpu_range, parse_mem_range
+from outgrow.domain.rules import Context, EvadeOomRule, Sample
 from outgrow.errors import NotFoundError, ValidationError
-from outgrow.orchestrator.runner import choose_type, next_larger
 from outgrow.providers.local.provider import packaged_catalog
 
 CATALOG = packaged_catalog()
@@ -315,29 +317,37 @@ def test_choose_type() -> None:
         choose_type(CATALOG, "lc.nope", None)
 
 
-def test_next_larger() -> None:
+def test_run_grows_like_the_control_plane() -> None:
+    """`outgrow run` submits its job with a policy the control plane's own evadeOOM rule
+    sizes: memory ×2 (the cheapest such type), never above --max-type."""
+
     def nxt(name: str, top: str | None = None) -> str | None:
-        t = next_larger(CATALOG, CATALOG.get(name), CATALOG.get(top) if top else None)
-        return t.name if t else None
+        spec = resolve_run(CATALOG, image="python", type_name=name, max_type=top, script="1")
+        job = spec.job_spec()
+        cur = CATALOG.get(name)
+        ctx = Context(
+            policy=job.migrate(),
+            current=cur,
+            catalog=CATALOG,
+            cpu_range=parse_cpu_range(job.cpu),
+            mem_range=parse_mem_range(job.mem),
+            now=100.0,
+        )
+        stalled = Sample(100.0, cur.memory_bytes, cur.memory_bytes, 0.1, cur.vcpus, True)
+        d = EvadeOomRule().evaluate(ctx, [stalled])
+        assert d is not None and d.reason.startswith("evadeOOM: memory limit reached")
+        return d.target.name if d.target else None
 
     assert nxt("lc.nano") == "lc.micro"
     assert nxt("lc.micro") == "lc.small"
     assert nxt("lc.small") == "lc.medium"  # 2x memory, cheaper than lc.c2m2
     assert nxt("lc.medium") == "lc.large"
-    assert nxt("lc.c2m2") == "lc.large"
     assert nxt("lc.r2xlarge") is None
-    assert nxt("lc.nano", "lc.nano") is None
     assert nxt("lc.small", "lc.c2m2") == "lc.medium"
-    # No type with 2x the memory under the maximum: fall back to the largest that fits.
-    cat = parse_catalog(
-        "types:\n"
-        "  - {name: a, vcpus: 1, memory_gib: 1, price_per_hour: 1}\n"
-        "  - {name: b, vcpus: 1, memory_gib: 1.25, price_per_hour: 2}\n"
-        "  - {name: c, vcpus: 1, memory_gib: 1.5, price_per_hour: 3}\n"
-        "  - {name: d, vcpus: 1, memory_gib: 4, price_per_hour: 4}\n"
-    )
-    assert next_larger(cat, cat.get("a"), cat.get("c")) == cat.get("c")
-    assert next_larger(cat, cat.get("a")) == cat.get("d")
+    assert nxt("lc.nano", "lc.nano") is None
+    spec = resolve_run(CATALOG, image="python", type_name="lc.nano", script="1", evade_oom=False)
+    assert not spec.job_spec().migrate().evade_oom
+    assert spec.job_spec().migrate().disable  # nothing but evadeOOM moves a run
 
 
 def test_resolve_run() -> None:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from outgrow.agent import images
-from outgrow.agent.images import BUILTIN_IMAGES, ImageSpec, parse_pip_spec
+from outgrow.domain import images
+from outgrow.domain.images import BUILTIN_IMAGES, ImageSpec, parse_pip_spec
 from outgrow.errors import ValidationError
 
 

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from outgrow.agent.moves import page_server_port
 from outgrow.agent.runtime import JUPYTER_KINDS
-from outgrow.agent.service import page_server_port
 from outgrow.domain.jobs import JobSpec
 from outgrow.domain.security import (
     JUPYTER_KINDS as SG_JUPYTER_KINDS,

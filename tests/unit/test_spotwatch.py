@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fake_imds import ACTION, REBALANCE, FakeImds
-from outgrow.agent.client import AgentClient
+from outgrow.agentapi.client import AgentClient
 from outgrow.providers.aws import bootstrap
 from outgrow.providers.aws.bootstrap import Imds, imds_get, imds_url
 from outgrow.providers.aws.spotwatch import fetcher, main, watch

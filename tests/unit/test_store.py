@@ -384,14 +384,13 @@ def test_set_status_legal_and_illegal(store: Store, alice: int) -> None:
         store.set_status(job_id, "Submitted", "again")
 
 
-def test_set_status_expect(store: Store, alice: int) -> None:
+def test_set_status_returns_the_state_left(store: Store, alice: int) -> None:
     job_id = store.create_job(alice, spec(), "t")
-    with pytest.raises(ConflictError, match="is Submitted, not Executing"):
-        store.set_status(job_id, "Cancelled", "user", expect="Executing")
-    store.set_status(job_id, "Cancelling", "user", expect="Submitted")
+    assert store.set_status(job_id, "Cancelling", "user") == "Submitted"
+    assert store.set_status(job_id, "Cancelled", "done") == "Cancelling"
     job = store.get_job(job_id)
-    assert job is not None and job.status == "Cancelling"
-    assert len(store.events(job_id)) == 2
+    assert job is not None and job.status == "Cancelled"
+    assert len(store.events(job_id)) == 3
 
 
 def runs(store: Store, job_id: str) -> list[tuple[int, str, bool]]:
@@ -664,7 +663,7 @@ def test_concurrent_writers_on_one_file(store: Store, db_path: Path) -> None:
                 job_id = store.create_job(uid, spec(f"w{n}-{i}"), "t")
                 with lock:
                     created.append(job_id)
-                store.set_status(job_id, "Initializing", "scheduled", expect="Submitted")
+                store.set_status(job_id, "Initializing", "scheduled")
                 assert store.user_for_token(secret) is not None  # a write too
                 store.set_status(job_id, "Starting", "up")
                 store.add_event(job_id, "info", "tick", n=n)

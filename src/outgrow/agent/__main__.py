@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from outgrow.agent.server import create_app
-    from outgrow.agent.service import Agent, AgentConfig
+    from outgrow.agent.service import Agent
+    from outgrow.agent.state import AgentConfig
 
     token = args.token_file.read_text().strip()
     agent = Agent(

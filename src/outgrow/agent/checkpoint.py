@@ -1,4 +1,5 @@
-"""CRIU, wrapped: dump, page-server and restore with the flags measured in DESIGN.md §4.
+"""CRIU, wrapped: dump, page-server and restore with the flags measured on these hosts
+(docs/design.md).
 
 Only this module runs CRIU. CRIU failures become CheckpointError whose message is CRIU's
 last real error line and whose detail is the tail of its log.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from outgrow.agent.mounts import mounted_on
+from outgrow.agentapi.models import StorageResult
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import OutgrowError, StorageError
 
@@ -79,9 +80,9 @@ def mount_job_dir(
     *,
     device_timeout: float = 120.0,
     by_id_dir: Path = BY_ID,
-) -> dict[str, Any]:
-    """Make ``path`` the job's directory as ``storage`` says. Returns what it took:
-    ``{"kind", "seconds", "bytes" (downloaded tree size for S3), "formatted"}``."""
+) -> StorageResult:
+    """Make ``path`` the job's directory as ``storage`` says. Returns what it took (bytes:
+    the downloaded tree's size for S3; formatted: a new volume got its file system)."""
     t0 = time.monotonic()
     formatted = False
     size = 0
@@ -96,17 +97,13 @@ def mount_job_dir(
         raise StorageError(
             f"preparing the job directory {path} failed: {exc.strerror or exc}", detail=str(exc)
         ) from exc
-    return {
-        "kind": storage.kind.value,
-        "seconds": round(time.monotonic() - t0, 3),
-        "bytes": size,
-        "formatted": formatted,
-    }
+    seconds = round(time.monotonic() - t0, 3)
+    return StorageResult(kind=storage.kind, seconds=seconds, bytes=size, formatted=formatted)
 
 
-def release_job_dir(storage: JobStorage, path: Path) -> dict[str, Any]:
-    """Let go of the job directory so the provider can move it (idempotent). Returns
-    ``{"kind", "seconds", "bytes" (uploaded tree size for S3)}``."""
+def release_job_dir(storage: JobStorage, path: Path) -> StorageResult:
+    """Let go of the job directory so the provider can move it (idempotent). Returns what
+    it took (bytes: the uploaded tree's size for S3)."""
     t0 = time.monotonic()
     size = 0
     try:
@@ -118,7 +115,7 @@ def release_job_dir(storage: JobStorage, path: Path) -> dict[str, Any]:
         raise StorageError(
             f"releasing the job directory {path} failed: {exc.strerror or exc}", detail=str(exc)
         ) from exc
-    return {"kind": storage.kind.value, "seconds": round(time.monotonic() - t0, 3), "bytes": size}
+    return StorageResult(kind=storage.kind, seconds=round(time.monotonic() - t0, 3), bytes=size)
 
 
 # ---- volumes ----------------------------------------------------------------------------
@@ -223,7 +220,7 @@ def _tree_size(path: Path) -> int:
 
 def _s3_helpers() -> Any:
     try:  # the aws extra is optional: only instances with S3 job storage need it
-        from outgrow.providers.aws import storage
+        from outgrow.transfer import s3 as storage
     except ImportError as exc:
         raise StorageError(
             "job directories kept in S3 need boto3 on this instance: pip install 'outgrow[aws]'",

@@ -1,4 +1,4 @@
-"""Job runtime: start a job's process tree the way CRIU can move it (DESIGN.md §4).
+"""Job runtime: start a job's process tree the way CRIU can move it.
 
 The tree runs in its own pid/uts/ipc namespaces, inside the instance's network namespace
 (inherited from the agent) and the instance's cgroup. Its init is a session leader inside
@@ -19,12 +19,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from outgrow.domain.images import DEFAULT_JUPYTER_PORT, JUPYTER_KINDS, ImageKind
 from outgrow.errors import RuntimeFailure, ValidationError
 
-JobKind = Literal["jupyter-lab", "jupyter-server", "python"]
-JUPYTER_KINDS: frozenset[str] = frozenset({"jupyter-lab", "jupyter-server"})
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -95,19 +93,23 @@ class JobLaunch:
     """What the agent needs to start a job. Plain data: it is also the agent API body."""
 
     job_id: str
-    kind: JobKind
+    kind: ImageKind
     python_bin_dir: str  # the image's venv bin directory
     script: str = ""  # python: the job script (ignored for Jupyter images)
     env: Mapping[str, str] = field(default_factory=dict)
-    port: int = 8888
+    port: int = DEFAULT_JUPYTER_PORT
     jupyter_token: str = ""
     base_url: str = "/"
     evade_oom: bool = True
 
+    @property
+    def is_jupyter(self) -> bool:
+        return self.kind in JUPYTER_KINDS
+
     def validate(self) -> None:
         if not self.job_id or not all(c.isalnum() or c in "-_" for c in self.job_id):
             raise ValidationError(f"invalid job id {self.job_id!r}", field="job_id")
-        if self.kind in JUPYTER_KINDS and not self.jupyter_token:
+        if self.is_jupyter and not self.jupyter_token:
             raise ValidationError("Jupyter jobs need a token", field="jupyter_token")
         if self.kind == "python" and not self.script.strip():
             raise ValidationError("a python job needs a job script", field="script")
@@ -127,7 +129,7 @@ class JobLaunch:
 def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
     """The job's main command (run by the init shell, not exec'd, so the exit code is kept)."""
     bin_dir = Path(launch.python_bin_dir)
-    if launch.kind in JUPYTER_KINDS:
+    if launch.is_jupyter:
         app = "lab" if launch.kind == "jupyter-lab" else "server"
         return [
             str(bin_dir / "jupyter"),

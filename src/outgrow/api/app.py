@@ -1,4 +1,5 @@
-"""The FastAPI application: ``/api/v1`` routes, ``/metrics`` and health."""
+"""The REST API: ``/api/v1`` routes, ``/metrics`` and health, with outgrow's error
+answers. ``outgrow.server.create_app`` puts the stable-URL proxy and the console beside it."""
 
 from __future__ import annotations
 
@@ -35,12 +36,11 @@ from outgrow.domain.jobs import (
     spec_from_mapping,
 )
 from outgrow.errors import OutgrowError
-from outgrow.proxy import ProxyRoute, StableUrlProxy
 
 JobRef = Annotated[str, "job id or name"]
 
 
-def create_app(plane: ControlPlane) -> FastAPI:
+def create_api(plane: ControlPlane) -> FastAPI:
     app = FastAPI(
         title="outgrow",
         version=__version__,
@@ -61,8 +61,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @api.post("/login")
     def login(body: LoginBody, cp: Plane) -> dict[str, str]:
-        user = cp.login(body.name, body.password)
-        _, secret = cp.create_token(user, f"login-{int(time.time())}")
+        user = cp.accounts.login(body.name, body.password)
+        _, secret = cp.accounts.create_token(user, f"login-{int(time.time())}")
         return {"token": secret}
 
     @api.get("/me")
@@ -71,20 +71,20 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @api.post("/users", status_code=201)
     def add_user(body: UserBody, user: User, cp: Plane) -> UserView:
-        return cp.create_user(user, body.name, body.password, body.is_admin)
+        return cp.accounts.create_user(user, body.name, body.password, body.is_admin)
 
     @api.get("/tokens")
     def tokens(user: User, cp: Plane) -> list[TokenView]:
-        return cp.list_tokens(user)
+        return cp.accounts.list_tokens(user)
 
     @api.post("/tokens", status_code=201)
     def new_token(body: TokenBody, user: User, cp: Plane) -> dict[str, Any]:
-        view, secret = cp.create_token(user, body.name)
+        view, secret = cp.accounts.create_token(user, body.name)
         return {"token": secret, **view.model_dump(mode="json")}
 
     @api.delete("/tokens/{token_id}", status_code=204)
     def revoke(token_id: int, user: User, cp: Plane) -> Response:
-        cp.revoke_token(user, token_id)
+        cp.accounts.revoke_token(user, token_id)
         return Response(status_code=204)
 
     @api.post("/instances/{instance_id}/reclaim", status_code=202)
@@ -97,15 +97,15 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @api.get("/images")
     def images(user: User, cp: Plane) -> list[ImageView]:
-        return cp.list_images(user)
+        return cp.images.list()
 
     @api.post("/images", status_code=201)
     def add_image(body: ImageBody, user: User, cp: Plane) -> ImageView:
-        return cp.add_image(user, body.name, body.pip, body.base, body.description)
+        return cp.images.add(user, body.name, body.pip, body.base, body.description)
 
     @api.delete("/images/{name}", status_code=204)
     def rm_image(name: str, user: User, cp: Plane) -> Response:
-        cp.remove_image(user, name)
+        cp.images.remove(user, name)
         return Response(status_code=204)
 
     @api.post("/jobs", status_code=201)
@@ -191,32 +191,21 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @api.get("/templates")
     def templates(user: User, cp: Plane) -> list[TemplateView]:
-        return cp.list_templates(user)
+        return cp.accounts.list_templates(user)
 
     @api.get("/templates/{name}")
     def template(name: str, user: User, cp: Plane) -> TemplateView:
-        return cp.get_template(user, name)
+        return cp.accounts.get_template(user, name)
 
     @api.delete("/templates/{name}", status_code=204)
     def rm_template(name: str, user: User, cp: Plane) -> Response:
-        cp.delete_template(user, name)
+        cp.accounts.delete_template(user, name)
         return Response(status_code=204)
 
     app.include_router(api)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus(user: User, cp: Plane) -> str:
-        return cp.prometheus()
-
-    # ---- stable URL of every Jupyter job: /jobs/<job-id>/… (HTTP, WebSocket; outgrow/proxy)
-    proxy = StableUrlProxy(plane)
-    plane.move_hooks.append(proxy)
-    app.state.proxy = proxy
-    app.add_middleware(ProxyRoute, proxy=proxy)  # before route matching: it is the hot path
-
-    # ---- web console: / (index.html), /static/..., /api/v1/session (outgrow/web) ----------
-    from outgrow import web
-
-    web.mount(app)
+        return cp.views.prometheus()
 
     return app

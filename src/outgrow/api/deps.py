@@ -28,28 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outgrow.controlplane.service import ControlPlane
 from outgrow.domain.jobs import UserView
-from outgrow.errors import (
-    AuthError,
-    CapacityError,
-    ConflictError,
-    NotFoundError,
-    OutgrowError,
-    ValidationError,
-)
+from outgrow.errors import OutgrowError
+from outgrow.httpstatus import status_for, validation_message
 
 log = logging.getLogger("outgrow.api")
-
-STATUS: list[tuple[type[OutgrowError], int]] = [
-    (ValidationError, 422),
-    (AuthError, 401),
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (CapacityError, 409),
-]
-
-
-def status_for(exc: OutgrowError) -> int:
-    return next((code for t, code in STATUS if isinstance(exc, t)), 500)
 
 
 def cp(request: Request) -> ControlPlane:
@@ -89,7 +71,7 @@ def current_user(request: Request, authorization: Annotated[str, Header()] = "")
         token = session_token(request)
         if token:
             check_csrf(request)
-    return cp(request).authenticate(token)
+    return cp(request).accounts.authenticate(token)
 
 
 User = Annotated[UserView, Depends(current_user)]
@@ -107,15 +89,8 @@ async def outgrow_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errs = exc.errors()
-    first = errs[0] if errs else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    field = ".".join(loc)
-    return JSONResponse(
-        {"error": "invalid", "message": f"{field}: {msg}" if field else msg, "field": field},
-        status_code=422,
-    )
+    message, field = validation_message(exc.errors())
+    return JSONResponse({"error": "invalid", "message": message, "field": field}, status_code=422)
 
 
 async def http_error(_: Request, exc: Exception) -> JSONResponse:

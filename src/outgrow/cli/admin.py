@@ -53,7 +53,7 @@ def up(
 ) -> None:
     """Run the control plane: REST API (/api/v1), scheduler, store. The first start creates
     the admin user and writes the CLI's credentials; Ctrl-C stops it (jobs keep running)."""
-    from outgrow.api.server import serve
+    from outgrow.server import serve
 
     update: dict[str, Any] = {}
     if host is not None:

@@ -7,13 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from outgrow.agent.images import BUILTIN_IMAGES, ImageCache, ImageSpec
+from outgrow.agent.images import ImageCache
 from outgrow.cli.main import (
+    Event,
     cli,
     emit_json,
     fmt_bytes,
@@ -26,38 +27,34 @@ from outgrow.cli.main import (
     signals_to_interrupt,
     state,
 )
+from outgrow.controlplane.foreground import JobRunner, RunSpec, choose_type
+from outgrow.domain.images import BUILTIN_IMAGES, ImageSpec
 from outgrow.domain.instance_types import Catalog
 from outgrow.errors import AuthError, ConfigError, NotFoundError, ValidationError
-from outgrow.orchestrator.runner import Event, JobRunner, RunSpec, choose_type
 from outgrow.settings import Settings
+
+if TYPE_CHECKING:
+    from outgrow.providers.local.provider import LocalProvider
 
 
 def load_catalog(settings: Settings) -> Catalog:
-    """The provider's catalog: ``settings.catalog_path`` or the packaged one."""
-    from outgrow.domain.instance_types import parse_catalog
-    from outgrow.providers.local.provider import packaged_catalog
+    """The configured provider's catalog (``settings.catalog_path`` for the local one)."""
+    from outgrow.providers.base import get_provider
+
+    return get_provider(settings.provider, settings).instance_types()
+
+
+def local_provider(settings: Settings) -> LocalProvider:
+    """The local provider: what the commands of this host (run, cleanup) act on."""
+    from outgrow.providers.local.provider import LocalProvider
 
     if settings.provider != "local":
         raise ConfigError(
-            f"provider {settings.provider!r} is not available in this version (use 'local')",
+            f"this command acts on instances of this host (provider 'local'), not "
+            f"{settings.provider!r}",
             field="provider",
         )
-    if settings.catalog_path is None:
-        return packaged_catalog()
-    try:
-        text = settings.catalog_path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the catalog {settings.catalog_path}: {exc.strerror or exc}",
-            field="catalog_path",
-        ) from exc
-    return parse_catalog(text, str(settings.catalog_path))
-
-
-def local_provider(settings: Settings) -> Any:
-    from outgrow.providers.local.provider import LocalProvider
-
-    return LocalProvider(settings, catalog=load_catalog(settings))
+    return LocalProvider(settings)
 
 
 # ---- instance-types -----------------------------------------------------------------------
@@ -357,12 +354,12 @@ def run(
         f.flush()
 
     runner = JobRunner(
+        settings,
         provider,
         spec,
         on_event=on_event,
         on_progress=say,
         on_output=on_output,
-        jobs_dir=provider.jobs_dir,
         shield=shield,
     )
     with signals_to_interrupt():

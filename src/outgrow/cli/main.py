@@ -26,7 +26,6 @@ from rich.console import Console
 
 from outgrow import __version__
 from outgrow.errors import AuthError, ConfigError, OutgrowError
-from outgrow.orchestrator.runner import Event
 from outgrow.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -173,6 +172,9 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
 
 
+Event = dict[str, Any]  # what `outgrow run` reports (controlplane/foreground.py)
+
+
 def human_event(ev: Event) -> list[str]:
     kind, jid = ev["event"], ev.get("job_id")
     if kind in ("started", "migrated"):
@@ -198,10 +200,7 @@ def human_event(ev: Event) -> list[str]:
     if kind == "stalled":
         return [f"job {jid}: {ev['message']}"]
     if kind == "migration_failed":
-        return [
-            f"job {jid}: moving to {ev['to_type']} failed: {ev['message']} "
-            f"(retrying in {ev['retry_in_s']:g} s)"
-        ]
+        return [f"job {jid}: {ev['message']}"]
     if kind == "exited":
         code = ev.get("exit_code")
         what = "finished" if ev["phase"] == "exited" else f"{ev['phase']}: {ev['message']}"

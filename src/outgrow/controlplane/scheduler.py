@@ -1,10 +1,7 @@
-"""The scheduler loop and the reconciler.
-
-Every tick (0.25 s) it looks at each Executing job: collects its samples (WaveWatcher),
-notices a job that ended, and runs the policy rules (domain/rules.py); a decision to grow,
-shrink, suspend or pre-create the next size becomes a job action. At start-up the
-reconciler puts every job that was mid-action when the control plane died back on its feet.
-"""
+"""The scheduler loop: every tick (0.25 s) it starts Submitted jobs, retries those that found
+no host, and looks at each Executing job — collects its samples (WaveWatcher), notices a
+job that ended, and runs the policy rules (domain/rules.py); a decision to grow, shrink,
+suspend or pre-create the next size becomes a job action on the job's worker."""
 
 from __future__ import annotations
 
@@ -13,18 +10,24 @@ import threading
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any
 
 import httpx
 
-from outgrow.controlplane import actions, jobdirs
+from outgrow.agentapi.models import MetricsSample
+from outgrow.controlplane.images import Images
+from outgrow.controlplane.instances import Instances
+from outgrow.controlplane.jobs import JobActions
+from outgrow.controlplane.workers import Workers
+from outgrow.domain.images import DEFAULT_JUPYTER_PORT
+from outgrow.domain.instance_types import InstanceType
 from outgrow.domain.jobs import MetricPoint
 from outgrow.domain.policy import parse_cpu_range, parse_mem_range
 from outgrow.domain.rules import Context, Sample, evaluate
 from outgrow.domain.states import JobState as S
-from outgrow.errors import OutgrowError
-from outgrow.orchestrator.migrate import agent
-from outgrow.store import JobRecord
+from outgrow.errors import NotFoundError, OutgrowError
+from outgrow.orchestrator.migrate import Connect
+from outgrow.providers.base import InstanceInfo, Provider
+from outgrow.store import JobRecord, Store
 
 log = logging.getLogger("outgrow.scheduler")
 TICK = 0.25
@@ -33,9 +36,28 @@ IDLE_CHECK_EVERY = 15.0
 
 
 class Scheduler(threading.Thread):
-    def __init__(self, cp: Any):
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        connect: Connect,
+        actions: JobActions,
+        workers: Workers,
+        instances: Instances,
+        images: Images,
+        stopping: threading.Event,
+        retention_s: float,
+    ):
         super().__init__(name="scheduler", daemon=True)
-        self.cp = cp
+        self.store = store
+        self.provider = provider
+        self.connect = connect
+        self.actions = actions
+        self.workers = workers
+        self.instances = instances
+        self.images = images
+        self.stopping = stopping
+        self.retention_s = retention_s
         self._windows: dict[str, deque[Sample]] = {}
         self._last_t: dict[str, float] = {}
         self._last_metrics_poll: dict[str, float] = {}
@@ -43,15 +65,14 @@ class Scheduler(threading.Thread):
         self._last_prune = 0.0
         self._retry_at: dict[str, float] = {}
         self._preparing: set[str] = set()
-        self.retention_s = cp.settings.metrics_retention_days * 86400
-        self._restart_after_sweep: list[str] = []  # jobs to start once orphans are gone
+        self._stuck: dict[str, str] = {}  # job → why its evadeOOM stall has nowhere to go
 
     def last_sample(self, job_id: str) -> Sample | None:
         w = self._windows.get(job_id)
         return w[-1] if w else None
 
     def run(self) -> None:
-        while not self.cp.stopping.wait(TICK):
+        while not self.stopping.wait(TICK):
             try:
                 self.tick()
             except Exception:
@@ -59,96 +80,90 @@ class Scheduler(threading.Thread):
 
     # ---- the loop -------------------------------------------------------------------
     def tick(self) -> None:
-        store = self.cp.store
-        for rec in store.list_jobs(None, [S.SUBMITTED, S.NO_AVAILABLE_HOST, S.EXECUTING]):
-            if self.cp.busy(rec.id):
+        for rec in self.store.list_jobs(None, [S.SUBMITTED, S.NO_AVAILABLE_HOST, S.EXECUTING]):
+            if self.workers.busy(rec.id):
                 continue
             if rec.status == S.SUBMITTED:
-                self.cp.run_action(rec.id, actions.start)
+                self.workers.run(rec.id, self.actions.start)
             elif rec.status == S.NO_AVAILABLE_HOST:
                 at = self._retry_at.setdefault(rec.id, time.time() + rec.spec.vm().retry_interval)
                 if time.time() >= at:
                     self._retry_at.pop(rec.id, None)
-                    self.cp.run_action(rec.id, actions.start)
+                    self.workers.run(rec.id, self.actions.start)
             else:
                 try:
                     self.watch(rec)
                 except OutgrowError as exc:
                     log.warning("watching job %s: %s", rec.id, exc)
-        for gone in self.cp.provider.enforce_reclaims():
+        for gone in self.provider.enforce_reclaims():
             self._lost(gone)
         if time.time() - self._last_prune > 600:
             self._last_prune = time.time()
-            store.prune_metrics(time.time() - self.retention_s)
+            self.store.prune_metrics(time.time() - self.retention_s)
 
     def _lost(self, instance_id: str) -> None:
         """An instance was taken away (reclaim deadline passed) with a job still on it."""
-        for rec in self.cp.store.list_jobs(None, [S.EXECUTING]):
-            if rec.current_instance_id == instance_id and not self.cp.busy(rec.id):
-                self.cp.store.update_instance(
-                    instance_id, status="reclaimed", ended_at=actions.now()
-                )
-                self.cp.store.update_job(rec.id, current_instance_id=None)
-                self.cp.store.set_status(
-                    rec.id, S.FAIL_TO_COMPLETE, "instance reclaimed before the job could move"
+        for rec in self.store.list_jobs(None, [S.EXECUTING]):
+            if rec.current_instance_id == instance_id:
+                self.workers.run(
+                    rec.id,
+                    self.actions.lost,
+                    instance_id,
+                    "reclaimed",
+                    "instance reclaimed before the job could move",
                 )
 
     def watch(self, rec: JobRecord) -> None:
-        inst = self.cp.provider.describe_instance(rec.current_instance_id or "")
+        inst = self.provider.describe_instance(rec.current_instance_id or "")
         if inst is None:
             return
-        with agent(inst, timeout=5) as a:
+        with self.connect(inst, 5.0) as a:
             st = a.job()
-            if st.get("phase") in ("exited", "failed"):
-                self.cp.run_action(
-                    rec.id, actions.finish, st["phase"], st.get("exit_code"), st.get("message", "")
-                )
+            if st.phase.ended:
+                self.workers.run(rec.id, self.actions.finish, st.phase, st.exit_code, st.message)
                 return
             now = time.time()
-            if st.get("oom_stalled") or now - self._last_metrics_poll.get(rec.id, 0) >= 1.0:
+            if st.oom_stalled or now - self._last_metrics_poll.get(rec.id, 0) >= 1.0:
                 self._last_metrics_poll[rec.id] = now
                 m = a.metrics(since=self._last_t.get(rec.id, 0.0))
-                self._ingest(rec, inst.id, m["samples"], m.get("now"), bool(st.get("oom_stalled")))
-        self._decide(
-            rec, inst, reclaim=st.get("reclaim_at") is not None, reclaim_at=st.get("reclaim_at")
-        )
+                self._ingest(rec, inst.id, m.samples, m.now, st.oom_stalled)
+        self._decide(rec, inst, st.reclaim_at)
 
     def _ingest(
         self,
         rec: JobRecord,
         instance_id: str,
-        samples: list[dict[str, Any]],
-        now_sample: dict[str, Any] | None,
+        samples: list[MetricsSample],
+        now_sample: MetricsSample | None,
         stalled: bool,
     ) -> None:
         window = self._windows.setdefault(rec.id, deque(maxlen=WINDOW))
         points = []
         for s in samples:
-            if not s or s.get("mem_limit_bytes") is None or not s.get("cpu_quota_vcpus"):
+            if s.mem_limit_bytes is None or not s.cpu_quota_vcpus:
                 continue
-            self._last_t[rec.id] = max(self._last_t.get(rec.id, 0.0), s["t"])
+            self._last_t[rec.id] = max(self._last_t.get(rec.id, 0.0), s.t)
             window.append(_sample(s))
             points.append(
                 MetricPoint(
-                    t=s["t"],
+                    t=s.t,
                     instance_id=instance_id,
-                    mem_used_bytes=s["mem_used_bytes"],
-                    mem_cache_bytes=s["mem_cache_bytes"],
-                    mem_swap_bytes=s["mem_swap_bytes"],
-                    mem_limit_bytes=s["mem_limit_bytes"],
-                    cpu_used_vcpus=s["cpu_used_vcpus"],
-                    cpu_quota_vcpus=s["cpu_quota_vcpus"],
+                    mem_used_bytes=s.mem_used_bytes,
+                    mem_cache_bytes=s.mem_cache_bytes,
+                    mem_swap_bytes=s.mem_swap_bytes,
+                    mem_limit_bytes=s.mem_limit_bytes,
+                    cpu_used_vcpus=s.cpu_used_vcpus,
+                    cpu_quota_vcpus=s.cpu_quota_vcpus,
                 )
             )
         if points:
-            self.cp.store.add_metrics(rec.id, points)
-        if stalled and now_sample and now_sample.get("mem_limit_bytes"):
+            self.store.add_metrics(rec.id, points)
+        if stalled and now_sample is not None and now_sample.mem_limit_bytes:
             # The agent noticed the stall between its 1 s samples: decide on it now.
-            window.append(_sample({**now_sample, "oom_stalled": True}))
+            window.append(_sample(now_sample.model_copy(update={"oom_stalled": True})))
 
-    def _decide(
-        self, rec: JobRecord, inst: Any, reclaim: bool = False, reclaim_at: float | None = None
-    ) -> None:
+    def _decide(self, rec: JobRecord, inst: InstanceInfo, reclaim_at: float | None) -> None:
+        reclaim = reclaim_at is not None
         window = self._windows.get(rec.id)
         if not window:
             if not reclaim:
@@ -164,46 +179,55 @@ class Scheduler(threading.Thread):
                     )
                 ]
             )
-        policy = rec.spec.migrate()
-        idle_since = self._idle_since(rec, inst)
+        vm = rec.spec.vm()
         ctx = Context(
-            policy=policy,
+            policy=rec.spec.migrate(),
             current=inst.type,
-            catalog=self.cp.catalog,
+            catalog=self.instances.catalog,
             cpu_range=parse_cpu_range(rec.spec.cpu),
             mem_range=parse_mem_range(rec.spec.mem),
             now=time.time(),
             last_migration_at=rec.last_migration_at,
             spot=inst.spot,
             reclaim_notice=reclaim,
-            idle_since=idle_since,
+            idle_since=self._idle_since(rec, inst),
             idle_timeout=rec.spec.idle_timeout_s or None,
-            spot_only=rec.spec.vm().mode == "spotOnly",
+            spot_only=not vm.allows_on_demand,
         )
         d = evaluate(ctx, list(window))
+        self._note_stuck(rec.id, d.reason if d.action == "none" and d.rule == "evadeOOM" else "")
         if d.action in ("grow", "shrink", "migrate") and d.target is not None:
             self._windows.pop(rec.id, None)  # a new instance starts a new window
             if d.rule == "reclaim" and reclaim_at is not None and self._too_short(rec, reclaim_at):
-                self.cp.run_action(rec.id, actions.evacuate, d.target, d.reason)
+                self.workers.run(rec.id, self.actions.evacuate, d.target, d.reason)
                 return
-            self.cp.run_action(
-                rec.id, actions.migrate, d.target, d.reason, "migration", d.rule == "reclaim"
+            self.workers.run(
+                rec.id, self.actions.migrate, d.target, d.reason, "migration", d.rule == "reclaim"
             )
         elif d.action == "suspend":
-            self.cp.run_action(rec.id, actions.suspend, d.reason)
+            self.workers.run(rec.id, self.actions.suspend, d.reason)
         elif d.action == "prepare" and d.target is not None:
             self._prepare(rec, d.target, d.reason)
 
+    def _note_stuck(self, job_id: str, why: str) -> None:
+        """A job stalled at its limit with no larger type to go to stays stalled (never
+        killed): say so once per stall, with the rule's reason."""
+        if why and self._stuck.get(job_id) != why:
+            self.store.add_event(job_id, "policy", f"{why}; the job stays stalled at its limit")
+        if why:
+            self._stuck[job_id] = why
+        else:
+            self._stuck.pop(job_id, None)
+
     def _too_short(self, rec: JobRecord, reclaim_at: float) -> bool:
         """No time to create a target before the instance goes (and none is warm)."""
-        if self.cp.warm_type(rec.id) is not None:
+        if self.instances.warm_type(rec.id) is not None:
             return False
-        estimate = float(self.cp.provider.create_estimate_s)
-        return reclaim_at - time.time() < estimate
+        return reclaim_at - time.time() < float(self.provider.create_estimate_s)
 
-    def _prepare(self, rec: JobRecord, target: Any, reason: str) -> None:
+    def _prepare(self, rec: JobRecord, target: InstanceType, reason: str) -> None:
         """Pre-create the next size up so the move finds it warm."""
-        if self.cp.warm_type(rec.id) == target.name or self.cp.busy(rec.id):
+        if self.instances.warm_type(rec.id) == target.name or self.workers.busy(rec.id):
             return
         if rec.id in self._preparing:
             return
@@ -211,13 +235,9 @@ class Scheduler(threading.Thread):
 
         def work() -> None:
             try:
-                inst = actions.create_instance(
-                    self.cp, self.cp.job(rec.id), target, {"outgrow:warm": "1"}
-                )
-                old = self.cp.put_warm(rec.id, inst)
-                if old is not None:
-                    actions.end_instance(self.cp, old.id, "released")
-                self.cp.store.add_event(rec.id, "policy", f"prepared {target.name}: {reason}")
+                inst = self.instances.create(rec, target, {"outgrow:warm": "1"})
+                self.instances.put_warm(rec.id, inst)
+                self.store.add_event(rec.id, "policy", f"prepared {target.name}: {reason}")
             except OutgrowError as exc:
                 log.warning("prepare for %s failed: %s", rec.id, exc)
             finally:
@@ -225,14 +245,18 @@ class Scheduler(threading.Thread):
 
         threading.Thread(target=work, daemon=True).start()
 
-    def _idle_since(self, rec: JobRecord, inst: Any) -> float | None:
+    def _idle_since(self, rec: JobRecord, inst: InstanceInfo) -> float | None:
         """For Jupyter jobs: since when no kernel is busy and no client is connected."""
         if not rec.spec.idle_timeout_s:
             return None
         checked, since = self._idle.get(rec.id, (0.0, None))
         if time.time() - checked < IDLE_CHECK_EVERY:
             return since
-        base = f"http://{inst.address}:8888/jobs/{rec.id}/api/"
+        try:
+            port = self.images.spec(rec.spec.image).port or DEFAULT_JUPYTER_PORT
+        except NotFoundError:
+            port = DEFAULT_JUPYTER_PORT
+        base = f"http://{inst.address}:{port}/jobs/{rec.id}/api/"
         headers = {"Authorization": f"token {rec.jupyter_token}"}
         try:
             status = httpx.get(base + "status", headers=headers, timeout=3).json()
@@ -250,158 +274,16 @@ class Scheduler(threading.Thread):
         self._idle[rec.id] = (time.time(), since)
         return since
 
-    # ---- reconcile ------------------------------------------------------------------
-    def reconcile(self) -> None:
-        """Bring every unfinished job back to a steady state after a restart."""
-        store, provider = self.cp.store, self.cp.provider
-        known = set()
-        self._restart_after_sweep = []
-        for rec in store.list_jobs(None):
-            live = [r for r in store.instances(rec.id) if r.ended_at is None]
-            known |= {r.id for r in live}
-            try:
-                self._reconcile_job(rec, live)
-            except OutgrowError as exc:
-                log.error("reconciling job %s: %s", rec.id, exc)
-                store.add_event(rec.id, "error", f"reconcile: {exc}")
-        for inst in provider.list_instances():
-            if inst.id not in known:
-                log.warning("deleting orphan instance %s", inst.id)
-                provider.delete_instance(inst.id)
-        # Only now: a start queued earlier could create an instance the sweep above
-        # would take for an orphan.
-        for job_id in self._restart_after_sweep:
-            self.cp.run_action(job_id, actions.start)
 
-    def _restore_kept(self, rec: JobRecord, source: Any, others: list[Any]) -> None:
-        """A move with non-shared storage was cut after the source's tree ended: take the
-        storage back from wherever it got to and restore the job on the source from the
-        images it kept (what Migrator would have done had the move failed)."""
-        cp = self.cp
-        for inst in [*others, source]:  # detached from every instance, the source last
-            try:
-                jobdirs.release(cp, rec.id, inst, keep_logs=False)
-            except OutgrowError as exc:  # not there, or held by another instance
-                log.info("reconcile %s: storage not released from %s: %s", rec.id, inst.id, exc)
-        jobdirs.mount(cp, rec.id, source)
-        with agent(source) as a:
-            a.restore(local_checkpoint=True)
-            a.discard_images()
-        cp.store.add_event(
-            rec.id,
-            "info",
-            f"reconcile: the move was cut after the job stopped on {source.id}; "
-            "restored there from its kept checkpoint",
-        )
-
-    def _phase(self, instance_id: str) -> tuple[Any, dict[str, Any] | None]:
-        inst = self.cp.provider.describe_instance(instance_id)
-        if inst is None:
-            return None, None
-        if inst.state != "running" and hasattr(self.cp.provider, "restart_agent"):
-            self.cp.provider.restart_agent(instance_id)  # the agent re-adopts its job
-        try:
-            with agent(inst, timeout=5) as a:
-                return inst, a.job()
-        except OutgrowError:
-            return inst, None
-
-    def _reconcile_job(self, rec: JobRecord, live: list[Any]) -> None:
-        cp, store = self.cp, self.cp.store
-        status = S(rec.status)
-        if status in (
-            S.COMPLETED,
-            S.CANCELLED,
-            S.FAIL_TO_COMPLETE,
-            S.FAIL_TO_EXECUTE,
-            S.SUSPENDED,
-            S.SUBMITTED,
-            S.NO_AVAILABLE_HOST,
-        ):
-            for r in live:  # a terminal or parked job holds no instance
-                actions.end_instance(cp, r.id, "released")
-            return
-        phases = {r.id: self._phase(r.id) for r in live}
-        running = [
-            i
-            for i, (inst, st) in phases.items()
-            if inst is not None and st and st.get("phase") == "running"
-        ]
-        if status in (S.EXECUTING, S.FLOATING, S.SUSPENDING, S.RESUMING, S.STARTING):
-            # Prefer a restored copy (a move that finished), else the one we think is current.
-            restored = [
-                i
-                for i in running
-                if (phases[i][1] or {}).get("restored") and i != rec.current_instance_id
-            ]
-            keep = (
-                restored[0]
-                if (status in (S.FLOATING, S.RESUMING) and restored)
-                else (rec.current_instance_id if rec.current_instance_id in running else None)
-            )
-            if keep is None and status == S.FLOATING and rec.current_instance_id in phases:
-                inst, st = phases[rec.current_instance_id]
-                if inst is not None and st and st.get("phase") == "checkpointed":
-                    with agent(inst) as a:
-                        a.abort()  # the move did not finish: resume the source copy
-                    keep = rec.current_instance_id
-            if keep is None and status == S.FLOATING and rec.current_instance_id in phases:
-                inst, st = phases[rec.current_instance_id]
-                if inst is not None and st and st.get("kept_checkpoint"):
-                    others = [i for i, _ in phases.values() if i is not None and i.id != inst.id]
-                    try:
-                        self._restore_kept(rec, inst, others)
-                        keep = rec.current_instance_id
-                    except OutgrowError as exc:  # then the job is lost: FailToComplete below
-                        store.add_event(rec.id, "error", f"reconcile: restore failed: {exc}")
-            if keep is None and status == S.SUSPENDING and rec.current_instance_id in phases:
-                inst, st = phases[rec.current_instance_id]
-                if inst is not None and st and st.get("phase") == "checkpointed":
-                    with agent(inst) as a:
-                        a.abort()
-                    keep = rec.current_instance_id
-            if keep is None and status == S.STARTING and rec.current_instance_id in phases:
-                inst, st = phases[rec.current_instance_id]
-                if inst is not None and st and st.get("phase") in ("preparing", "starting"):
-                    keep = rec.current_instance_id
-                    store.add_event(rec.id, "info", "reconcile: job still starting")
-                    return
-            for r in live:
-                if r.id != keep:
-                    # the source of a finished move, or a target that never took over
-                    status_ = "migrated-from" if r.id == rec.current_instance_id else "failed"
-                    actions.end_instance(cp, r.id, status_ if keep else "failed")
-            if keep is None:
-                if status == S.RESUMING:
-                    store.set_status(rec.id, S.SUSPENDED, "control plane restarted mid-resume")
-                elif status == S.STARTING:
-                    store.set_status(rec.id, S.FAIL_TO_EXECUTE, "instance lost while starting")
-                else:
-                    store.set_status(rec.id, S.FAIL_TO_COMPLETE, "instance lost")
-                store.update_job(rec.id, current_instance_id=None)
-                return
-            store.update_instance(keep, status="normal")
-            store.update_job(rec.id, current_instance_id=keep)
-            if status != S.EXECUTING:
-                store.set_status(
-                    rec.id, S.EXECUTING, f"reconciled after a restart (was {status.value})"
-                )
-        elif status == S.INITIALIZING:
-            for r in live:
-                actions.end_instance(cp, r.id, "failed")
-            self._restart_after_sweep.append(rec.id)
-        elif status == S.CANCELLING:
-            cp.run_action(rec.id, actions.cancel, "cancelled (finished after a restart)")
-
-
-def _sample(s: dict[str, Any]) -> Sample:
+def _sample(s: MetricsSample) -> Sample:
+    assert s.mem_limit_bytes is not None and s.cpu_quota_vcpus is not None
     return Sample(
-        t=float(s["t"]),
-        mem_used_bytes=int(s["mem_used_bytes"]),
-        mem_limit_bytes=int(s["mem_limit_bytes"]),
-        cpu_used_vcpus=float(s["cpu_used_vcpus"]),
-        cpu_quota_vcpus=float(s["cpu_quota_vcpus"]),
-        oom_stalled=bool(s.get("oom_stalled")),
+        t=s.t,
+        mem_used_bytes=s.mem_used_bytes,
+        mem_limit_bytes=s.mem_limit_bytes,
+        cpu_used_vcpus=s.cpu_used_vcpus,
+        cpu_quota_vcpus=s.cpu_quota_vcpus,
+        oom_stalled=s.oom_stalled,
     )
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install CRIU >= 4.2 under a project-owned prefix, exactly as DESIGN.md §4 measured:
+# Install CRIU >= 4.2 under a project-owned prefix, as docs/design.md says:
 # Debian bookworm's criu 3.17 fails on current kernels and 4.1.1 fails on INET sockets,
 # so we build the 4.2.1 upstream tarball fetched (hash-checked) by `apt-get source`
 # from Debian sid, using the machine's own Debian mirror.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import yaml
 
@@ -40,6 +41,9 @@ class InstanceType:
             else f"{self.memory_gib * 1024:g} MiB"
         )
         return f"{cpu} {mem}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
+from outgrow.domain.images import DEFAULT_JUPYTER_PORT, JUPYTER_KINDS
 from outgrow.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ DEFAULT_AGENT_PORT = 7070
 # Where a target agent starts its CRIU page server (first free port), so the firewall can
 # let only this range in from other instances.
 PAGE_SERVER_PORTS: tuple[int, int] = (7100, 7199)
-JUPYTER_PORT = 8888
-JUPYTER_KINDS = frozenset({"jupyter-lab", "jupyter-server"})  # = agent.runtime.JUPYTER_KINDS
 CONTROL_PLANE = "control plane"  # labels used when the addresses are not known
 INSTANCES = "other instances"
 
@@ -233,7 +232,7 @@ def default_ports(kind: str, default_port: int | None = None) -> tuple[int, ...]
     """Ports an image publishes when the spec has none: Jupyter kinds their server port
     (8888 unless the image says otherwise), python jobs nothing."""
     if kind in JUPYTER_KINDS:
-        return (default_port or JUPYTER_PORT,)
+        return (default_port or DEFAULT_JUPYTER_PORT,)
     return ()
 
 

@@ -54,6 +54,9 @@ ACTIVE_STATES: frozenset[JobState] = frozenset(
     }
 )
 
+# States of a job on the move: its connections are cut and its requests held meanwhile.
+MOVING_STATES: frozenset[JobState] = frozenset({S.FLOATING, S.SUSPENDING, S.RESUMING})
+
 _T = frozenset
 
 # The legal moves. Terminal states have no way out here: a restart creates a new run and
@@ -167,7 +170,8 @@ ACTIONS: Mapping[str, frozenset[JobState]] = MappingProxyType(
 )
 
 
-def _state(value: JobState | str, field: str = "state") -> JobState:
+def parse_state(value: JobState | str, field: str = "state") -> JobState:
+    """The state named ``value`` (ValidationError listing the known ones otherwise)."""
     if isinstance(value, JobState):
         return value
     try:
@@ -180,21 +184,21 @@ def _state(value: JobState | str, field: str = "state") -> JobState:
 
 
 def is_terminal(state: JobState | str) -> bool:
-    return _state(state) in TERMINAL_STATES
+    return parse_state(state) in TERMINAL_STATES
 
 
 def is_active(state: JobState | str) -> bool:
     """True when the job holds, acquires or releases an instance in this state."""
-    return _state(state) in ACTIVE_STATES
+    return parse_state(state) in ACTIVE_STATES
 
 
 def can_transition(current: JobState | str, new: JobState | str) -> bool:
-    return _state(new, "new_state") in TRANSITIONS[_state(current)]
+    return parse_state(new, "new_state") in TRANSITIONS[parse_state(current)]
 
 
 def check_transition(current: JobState | str, new: JobState | str) -> None:
     """Raise ConflictError unless ``current → new`` is a legal move."""
-    cur, nxt = _state(current), _state(new, "new_state")
+    cur, nxt = parse_state(current), parse_state(new, "new_state")
     if nxt in TRANSITIONS[cur]:
         return
     msg = f"cannot go from {cur} to {nxt}"
@@ -212,7 +216,7 @@ def check_action(action: str, state: JobState | str) -> None:
         raise ValidationError(
             f"unknown action {action!r} (known: {', '.join(ACTIONS)})", field="action"
         )
-    cur = _state(state)
+    cur = parse_state(state)
     if cur not in allowed:
         legal = ", ".join(sorted(s.value for s in allowed))
         raise ConflictError(f"cannot {action} a job that is {cur} (only when {legal})")
@@ -220,7 +224,7 @@ def check_action(action: str, state: JobState | str) -> None:
 
 def check_restart(state: JobState | str) -> None:
     """A restart (terminal → Submitted, as a new run) is legal only from a terminal state."""
-    cur = _state(state)
+    cur = parse_state(state)
     if cur not in TERMINAL_STATES:
         raise ConflictError(f"cannot restart a job that is {cur} (it has not finished)")
 
@@ -240,7 +244,7 @@ class Transition:
     ) -> Transition:
         """A checked transition (raises ConflictError for an illegal move)."""
         check_transition(from_state, to_state)
-        return cls(_state(from_state), _state(to_state, "new_state"), at, cause)
+        return cls(parse_state(from_state), parse_state(to_state, "new_state"), at, cause)
 
     @classmethod
     def restart(
@@ -248,4 +252,4 @@ class Transition:
     ) -> Transition:
         """The checked terminal → Submitted transition of a restart."""
         check_restart(from_state)
-        return cls(_state(from_state), S.SUBMITTED, at, cause)
+        return cls(parse_state(from_state), S.SUBMITTED, at, cause)

@@ -37,3 +37,9 @@ class JobStorage:
     @classmethod
     def from_dict(cls, d: Mapping[str, str]) -> JobStorage:
         return cls(StorageKind(d.get("kind", "shared")), d.get("device", ""), d.get("url", ""))
+
+
+def is_object_url(location: str) -> bool:
+    """A checkpoint or directory location in object storage (``s3://bucket/key``), as
+    opposed to a directory path."""
+    return location.startswith("s3://")

@@ -25,7 +25,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from outgrow.agent.client import AgentClient
+from outgrow.agentapi.client import AgentApi, AgentClient
+from outgrow.agentapi.models import (
+    AgentPhase,
+    CheckpointRequest,
+    CheckpointResult,
+    JobStatus,
+    RestoreRequest,
+    RestoreResult,
+)
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import JobLostError, MigrationError, OutgrowError, ProviderError
 from outgrow.providers.base import InstanceInfo, Provider
@@ -59,13 +67,18 @@ class MigrationResult:
         return asdict(self)
 
 
-def agent(inst: InstanceInfo, timeout: float = 30.0) -> AgentClient:
+Connect = Callable[[InstanceInfo, float], AgentApi]
+
+
+def agent(inst: InstanceInfo, timeout: float = 30.0) -> AgentApi:
+    """A client of the instance's agent (the default ``Connect``)."""
     return AgentClient(inst.agent_url, inst.agent_token, timeout=timeout)
 
 
 class Migrator:
-    def __init__(self, provider: Provider):
+    def __init__(self, provider: Provider, connect: Connect = agent):
         self.provider = provider
+        self.connect = connect
 
     def migrate(
         self,
@@ -83,8 +96,8 @@ class Migrator:
         On failure the job keeps running on ``source`` and MigrationError says why."""
         step = on_step or (lambda s: log.info("migrate: %s", s))
         t_all = time.monotonic()
-        with agent(source) as src:
-            job_id = str(src.job().get("job_id"))
+        with self.connect(source, 30.0) as src:
+            job_id = str(src.job().job_id)
             created = False
             if target is None:
                 if target_type is None:
@@ -136,13 +149,13 @@ class Migrator:
 
     def _dump(
         self,
-        src: AgentClient,
-        dst: AgentClient,
+        src: AgentApi,
+        dst: AgentApi,
         target: InstanceInfo,
         job_id: str,
         page_server: bool,
         step: Callable[[str], None],
-    ) -> tuple[dict[str, Any], Callable[[], dict[str, Any]], str | None]:
+    ) -> tuple[CheckpointResult, Callable[[], RestoreResult], str | None]:
         """Checkpoint the source straight into the target; if that fails (the agents
         cannot reach each other) and the provider has object storage, again through it.
         Returns the checkpoint answer, how to restore on the target, and the transfer
@@ -151,30 +164,32 @@ class Migrator:
         step("checkpointing")
         try:
             ck = src.checkpoint(
-                target_url=target.agent_url,
-                target_token=target.agent_token,
-                receive_id=rx["receive_id"],
-                page_server_port=rx.get("page_server_port"),
+                CheckpointRequest(
+                    target_url=target.agent_url,
+                    target_token=target.agent_token,
+                    receive_id=rx.receive_id,
+                    page_server_port=rx.page_server_port,
+                )
             )
-            return ck, lambda: dst.restore(receive_id=rx["receive_id"]), None
+            return ck, lambda: dst.restore(RestoreRequest(receive_id=rx.receive_id)), None
         except OutgrowError as exc:
-            _quietly(lambda: dst.drop_receive(rx["receive_id"]))
+            _quietly(lambda: dst.drop_receive(rx.receive_id))
             _quietly(src.abort)
             url = self.provider.transfer_url(job_id, secrets.token_hex(6))
             if url is None:
                 raise
             step(f"direct transfer failed ({exc}); checkpointing through {url}")
         try:
-            ck = src.checkpoint(dest_url=url)
+            ck = src.checkpoint(CheckpointRequest(dest_url=url))
         except OutgrowError:
             _quietly(src.abort)
             _quietly(lambda: self.provider.delete_checkpoint(url))
             raise
-        return ck, lambda: dst.restore(source_url=url), url
+        return ck, lambda: dst.restore(RestoreRequest(source_url=url)), url
 
     def _move(
         self,
-        src: AgentClient,
+        src: AgentApi,
         source: InstanceInfo,
         target: InstanceInfo,
         job_id: str,
@@ -182,7 +197,7 @@ class Migrator:
         transfer: Transfer,
         step: Callable[[str], None],
     ) -> dict[str, Any]:
-        with agent(target) as dst:
+        with self.connect(target, 30.0) as dst:
             t_down = time.monotonic()
             ck, restore, url = self._dump(src, dst, target, job_id, transfer == "page-server", step)
             step("restoring on the target")
@@ -204,7 +219,7 @@ class Migrator:
 
     def _move_with_storage(
         self,
-        src: AgentClient,
+        src: AgentApi,
         source: InstanceInfo,
         target: InstanceInfo,
         job_id: str,
@@ -212,7 +227,7 @@ class Migrator:
         storage: JobStorage,
         step: Callable[[str], None],
     ) -> dict[str, Any]:
-        with agent(target) as dst:
+        with self.connect(target, 30.0) as dst:
             t_down = time.monotonic()
             # Copy mode: the source keeps its images to restore from if the move fails.
             ck, restore, url = self._dump(src, dst, target, job_id, False, step)
@@ -246,8 +261,8 @@ class Migrator:
 
     def _restore_on_source(
         self,
-        src: AgentClient,
-        dst: AgentClient,
+        src: AgentApi,
+        dst: AgentApi,
         source: InstanceInfo,
         target: InstanceInfo,
         job_id: str,
@@ -264,7 +279,7 @@ class Migrator:
             self.provider.detach_job_storage(job_id, target)
             back = self.provider.attach_job_storage(job_id, source)
             src.mount_storage(job_id, back)
-            src.restore(local_checkpoint=True)
+            src.restore(RestoreRequest(local_checkpoint=True))
             _quietly(src.discard_images)
         except OutgrowError as exc:
             log.error("job %s could not be restored on %s: %s", job_id, source.id, exc)
@@ -287,8 +302,8 @@ def _result(
     source: InstanceInfo,
     target: InstanceInfo,
     transfer: str,
-    ck: dict[str, Any],
-    rs: dict[str, Any],
+    ck: CheckpointResult,
+    rs: RestoreResult,
     downtime: float,
     storage_s: float = 0.0,
 ) -> dict[str, Any]:
@@ -301,15 +316,15 @@ def _result(
         "from_type": source.type.name,
         "to_type": target.type.name,
         "transfer": transfer,
-        "freeze_s": ck["freeze_s"],
-        "dump_s": ck["dump_s"],
-        "transfer_s": ck["transfer_s"],
-        "restore_s": rs["restore_s"],
+        "freeze_s": ck.freeze_s,
+        "dump_s": ck.dump_s,
+        "transfer_s": ck.transfer_s,
+        "restore_s": rs.restore_s,
         "downtime_s": round(downtime, 4),
         "storage_s": round(storage_s, 4),
-        "checkpoint_bytes": int(rs.get("images_bytes") or ck["local_bytes"]),
-        "rss_bytes": ck["rss_bytes"],
-        "mem_used_bytes": ck["mem_used_bytes"],
+        "checkpoint_bytes": rs.images_bytes or ck.local_bytes,
+        "rss_bytes": ck.rss_bytes,
+        "mem_used_bytes": ck.mem_used_bytes,
     }
 
 
@@ -322,27 +337,29 @@ def _quietly(fn: Callable[[], object]) -> None:
 
 def wait_job(
     inst: InstanceInfo,
-    phases: tuple[str, ...] = ("running",),
+    phases: tuple[AgentPhase, ...] = (AgentPhase.RUNNING,),
     timeout: float = 600,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+    connect: Connect = agent,
+) -> JobStatus:
     """Poll the agent until its job reaches one of ``phases`` (or fails)."""
     deadline = time.monotonic() + timeout
     seen = 0
-    with agent(inst) as a:
+    with connect(inst, 30.0) as a:
         while True:
             st = a.job()
-            lines = st.get("image_progress") or []
-            total = int(st.get("image_progress_total") or len(lines))
+            lines = st.image_progress
+            total = st.image_progress_total or len(lines)
             if progress and total > seen:
                 # The agent keeps the last lines only: show those not seen yet.
                 for ln in lines[max(len(lines) - (total - seen), 0) :]:
                     progress(ln)
                 seen = total
-            if st["phase"] in phases:
+            if st.phase in phases:
                 return st
-            if st["phase"] in ("failed", "exited", "stopped") and st["phase"] not in phases:
-                raise OutgrowError(f"job {st.get('job_id')} {st['phase']}: {st.get('message')}")
+            if st.phase.ended:
+                raise OutgrowError(f"job {st.job_id} {st.phase.value}: {st.message}")
             if time.monotonic() > deadline:
-                raise OutgrowError(f"job did not reach {'/'.join(phases)} within {timeout:g} s")
+                want = "/".join(p.value for p in phases)
+                raise OutgrowError(f"job did not reach {want} within {timeout:g} s")
             time.sleep(0.2)

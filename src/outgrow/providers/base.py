@@ -3,20 +3,28 @@
 A provider makes and removes *instances*. Each instance runs one agent, reachable at
 ``agent_url`` with ``agent_token``; everything else (jobs, checkpoints) goes through the
 agent, so the control plane is the same on every provider.
+
+Every method a caller uses is declared here; the optional ones have a default that does
+nothing (or refuses with a ProviderError) and a :class:`Capability` saying whether the
+provider really offers them (``provider.supports(Capability.X)``), as in SkyPilot's
+provision interface. Providers are found by short name (:func:`get_provider`).
 """
 
 from __future__ import annotations
 
+import importlib
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import ClassVar
 
-from outgrow.agent.images import ImageSpec
+from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import SecurityGroup
-from outgrow.domain.storage import JobStorage, StorageKind  # noqa: F401 (re-exported)
+from outgrow.domain.storage import JobStorage, is_object_url
 from outgrow.errors import ConfigError, ProviderError
 from outgrow.settings import Settings
 
@@ -25,7 +33,8 @@ class Capability(StrEnum):
     SPOT = "spot"  # spot/preemptible instances exist
     RECLAIM_NOTICE = "reclaim_notice"  # the agent can be told an instance will be reclaimed
     SHARED_JOB_STORAGE = "shared_job_storage"  # job dirs have the same content on every instance
-    SECURITY_GROUPS = "security_groups"  # per-job inbound rules
+    SECURITY_GROUPS = "security_groups"  # per-job inbound rules (update_security_group)
+    RESTART_AGENT = "restart_agent"  # the control plane restarts a dead agent itself
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,12 @@ class InstanceInfo:
     state: str  # "running" | "unhealthy" | "gone"
     tags: Mapping[str, str] = field(default_factory=dict)
 
+    def public_dict(self) -> dict[str, object]:
+        """Everything but the agent's token (for output and logs)."""
+        d = asdict(self)
+        d.pop("agent_token")
+        return d
+
 
 class Provider(ABC):
     name: ClassVar[str]
@@ -49,6 +64,9 @@ class Provider(ABC):
     # shorter than this checkpoints the job at once and restores it on a new instance
     # (instead of creating the target first while the job runs).
     create_estimate_s: ClassVar[float] = 60.0
+
+    def supports(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
     @abstractmethod
     def instance_types(self) -> Catalog: ...
@@ -75,6 +93,26 @@ class Provider(ABC):
 
     @abstractmethod
     def list_instances(self) -> list[InstanceInfo]: ...
+
+    def restart_agent(self, instance_id: str) -> None:
+        """Start the agent of an existing instance again; it re-adopts its job
+        (Capability.RESTART_AGENT). Default: nothing (the instance's init system does)."""
+        return None
+
+    def update_security_group(self, instance_id: str, sg: SecurityGroup | None) -> None:
+        """Replace the instance's security group (None: remove it, all open)
+        (Capability.SECURITY_GROUPS)."""
+        raise ProviderError(f"provider {self.name} has no security groups")
+
+    def network_ranges(self) -> tuple[str | None, str | None]:
+        """(address of the control plane as instances see it, pool of instance addresses),
+        for showing a security group's rules; (None, None) when not known."""
+        return None, None
+
+    def local_job_dir(self, job_id: str) -> Path | None:
+        """Where this host can read the job's directory while no agent holds it (the local
+        provider's shared directory), or None (it lives on the instances)."""
+        return None
 
     def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
         """Make an image available to this provider's instances before a job starts.
@@ -105,21 +143,21 @@ class Provider(ABC):
         """The job ended: delete its storage (volume, objects); idempotent."""
         return None
 
-    def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str | None:
-        """Where a suspended job's checkpoint is kept: an ``s3://`` URL the agent uploads
-        to, or None for a directory in the control plane's data dir (instances on the
-        control plane's host)."""
-        return None
+    def checkpoint_location(self, job_id: str, checkpoint_id: str) -> str:
+        """Where a suspended job's checkpoint is kept: an object URL (``s3://…``) the agent
+        uploads to, or a directory the agents of this host share (local)."""
+        raise ProviderError(f"provider {self.name} has nowhere to keep checkpoints")
 
     def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
         """Where a migration's checkpoint goes when the two agents cannot reach each other
         (an s3:// URL, deleted after the move), or None: no fallback, the move fails."""
         return None
 
-    def delete_checkpoint(self, url: str) -> None:
-        """Delete a checkpoint kept at ``url`` (from checkpoint_url or transfer_url);
-        idempotent."""
-        return None
+    def delete_checkpoint(self, location: str) -> None:
+        """Delete a checkpoint kept at ``location`` (from checkpoint_location or
+        transfer_url); idempotent. Default: a directory is removed, URLs are kept."""
+        if not is_object_url(location):
+            shutil.rmtree(location, ignore_errors=True)
 
     def delete_security_group(self, job_id: str) -> None:
         """Remove the job's security group once the job has ended (providers whose
@@ -135,7 +173,18 @@ class Provider(ABC):
                 removed.append(inst.id)
         return removed
 
+    def teardown(self) -> list[str]:
+        """Remove every instance and whatever the provider set up around them (tests and
+        `outgrow cleanup --all`); returns what was removed."""
+        return self.cleanup()
 
+
+# Short name → "module:factory". Imported on use: a provider's dependencies (boto3 for aws)
+# are needed only when it is chosen.
+_BUILTIN = {
+    "local": "outgrow.providers.local.provider:LocalProvider.from_settings",
+    "aws": "outgrow.providers.aws.provider:AwsProvider.from_settings",
+}
 _REGISTRY: dict[str, Callable[[Settings], Provider]] = {}
 
 
@@ -143,28 +192,20 @@ def register(name: str, factory: Callable[[Settings], Provider]) -> None:
     _REGISTRY[name] = factory
 
 
+def _factory(name: str) -> Callable[[Settings], Provider]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name not in _BUILTIN:
+        known = ", ".join(sorted({*_BUILTIN, *_REGISTRY}))
+        raise ConfigError(f"unknown provider {name!r} (available: {known})", field="provider")
+    module, _, attr = _BUILTIN[name].partition(":")
+    obj: object = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    assert callable(obj)
+    factory: Callable[[Settings], Provider] = obj
+    return factory
+
+
 def get_provider(name: str, settings: Settings) -> Provider:
-    if not _REGISTRY:
-        _load_builtin()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown provider {name!r} (available: {', '.join(sorted(_REGISTRY))})",
-            field="provider",
-        ) from None
-    return factory(settings)
-
-
-def _load_builtin() -> None:
-    from outgrow.providers.local.provider import LocalProvider
-
-    register("local", LocalProvider.from_settings)
-    register("aws", _aws)
-
-
-def _aws(settings: Settings) -> Provider:
-    # Imported on use: the aws provider needs the optional extra outgrow[aws] (boto3).
-    from outgrow.providers.aws.provider import AwsProvider
-
-    return AwsProvider.from_settings(settings)
+    return _factory(name)(settings)

@@ -3,7 +3,7 @@ Jupyter server wherever the job runs now, and keeps browser WebSockets open acro
 
 Each Jupyter job runs jupyter_server with ``base_url=/jobs/<job-id>/`` and a random token
 of its own on port 8888 of its instance address; a move changes that address. The proxy
-(``StableUrlProxy``, an ASGI app that ``api.app.create_app`` puts in front of the API
+(``StableUrlProxy``, an ASGI app that ``outgrow.server.create_app`` puts in front of the API
 for ``/jobs/…`` with the ``ProxyRoute`` middleware, and registers in
 ``ControlPlane.move_hooks``) makes the address irrelevant:
 
@@ -29,7 +29,7 @@ Holding (``core.py``)
     Suspended job resumes it (as the requesting user). States are re-read from the store
     at most every 0.5 s per user and job, and at once after each hook.
 
-Moves (the ``MoveHooks`` protocol; DESIGN §3 steps 2 and 5, §4 "output replay")
+Moves (the ``MoveHooks`` protocol; docs/design.md, "A move, step by step", steps 2 and 5)
     ``before_checkpoint(job)`` runs on the event loop (the worker thread waits ≤ 5 s): the
     job becomes "holding", every in-flight upstream HTTP exchange is cancelled (a GET/HEAD/
     OPTIONS without a body that had no answer yet is held and sent again after the move;

@@ -101,7 +101,7 @@ class StableUrlProxy:
             target = await self.ready(who.user, entry)
             assert target.address is not None
             ex = http.Exchange()
-            pool = entry.pool(target.address)
+            pool = entry.pool(target.address, target.port)
             task = asyncio.create_task(http.forward(req, receive, send, pool, target, extra, ex))
             entry.inflight.add(task)  # no await since ready(): a detach cannot miss it
             try:
@@ -199,10 +199,10 @@ class StableUrlProxy:
         hit = entry.cached(actor.id)
         if hit is not None:
             return hit
-        status, address, token = await anyio.to_thread.run_sync(
+        status, address, port, token = await anyio.to_thread.run_sync(
             self.plane.proxy_target, actor, entry.id
         )
-        t = Target(status, address, token, time.monotonic())
+        t = Target(status, address, port, token, time.monotonic())
         entry.targets[actor.id] = t
         return t
 
@@ -316,7 +316,7 @@ class StableUrlProxy:
         try:
             t = await self.target(held[0].actor, entry)
         except OutgrowError:
-            t = Target("gone", None, "", time.monotonic())
+            t = Target("gone", None, 0, "", time.monotonic())
         if t.status == S.EXECUTING and t.address:
             await asyncio.gather(*(b.reattach(t) for b in held))
         elif t.status in HOLD_STATES:

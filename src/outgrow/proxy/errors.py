@@ -7,8 +7,8 @@ import json
 
 from starlette.types import Scope, Send
 
-from outgrow.api.deps import status_for
 from outgrow.errors import OutgrowError
+from outgrow.httpstatus import status_for
 
 Headers = list[tuple[bytes, bytes]]
 

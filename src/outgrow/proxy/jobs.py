@@ -5,31 +5,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from outgrow.domain.jobs import UserView
 from outgrow.proxy.upstream import Pool
-
-if TYPE_CHECKING:
-    from outgrow.proxy.ws import WsBridge
 
 log = logging.getLogger("outgrow.proxy")
 
 TARGET_TTL_S = 0.5  # status/address are re-read from the store at most this often per user
-JUPYTER_PORT = 8888  # the agent starts Jupyter on the image's port; every Jupyter image: 8888
 
 
 @dataclass(frozen=True)
 class Target:
     status: str
     address: str | None
+    port: int  # where the job's Jupyter server listens (its image's port)
     token: str  # the job's own Jupyter token: sent upstream, never to the client
     at: float
 
     @property
     def origin(self) -> str:
-        return f"http://{self.address}:{JUPYTER_PORT}"
+        return f"http://{self.address}:{self.port}"
+
+
+class Bridge(Protocol):
+    """A browser WebSocket bridged to the job (proxy/ws.py), as the rest of the proxy
+    sees it across a move."""
+
+    actor: UserView
+    detached: bool  # the job is moving: what the client sends is queued
+    done: bool  # the client side is closed
+    pending: deque[str | bytes]
+
+    async def detach(self) -> None: ...
+    async def reattach(self, target: Target) -> None: ...
+    def fail(self, code: int, reason: str) -> None: ...
+
+
+class Activity(Protocol):
+    def client_activity(self, entry: JobEntry, actor: UserView) -> None:
+        """A held websocket got a message (a suspended job is resumed for it)."""
 
 
 @dataclass
@@ -40,7 +58,7 @@ class JobEntry:
     waiting: int = 0  # requests held right now
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     targets: dict[int, Target] = field(default_factory=dict)  # user id → last lookup
-    bridges: set[WsBridge] = field(default_factory=set)
+    bridges: set[Bridge] = field(default_factory=set)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     upstream: Pool | None = None
     move_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -57,14 +75,14 @@ class JobEntry:
         t = self.targets.get(user_id)
         return t if t is not None and time.monotonic() - t.at < TARGET_TTL_S else None
 
-    def pool(self, address: str) -> Pool:
+    def pool(self, address: str, port: int) -> Pool:
         """One keep-alive pool per job and address: closing it closes every upstream HTTP
         connection of the job (CRIU must see no outside peers)."""
-        if self.upstream is None or self.upstream.host != address:
+        if self.upstream is None or (self.upstream.host, self.upstream.port) != (address, port):
             old = self.upstream
             if old is not None:
                 spawn(old.close())
-            self.upstream = Pool(address, JUPYTER_PORT)
+            self.upstream = Pool(address, port)
         return self.upstream
 
     async def close_pool(self) -> None:

@@ -150,7 +150,7 @@ class Authenticator:
                 # which the answer stores in the session cookie.
                 try:
                     owner, browser_token = await anyio.to_thread.run_sync(
-                        self.plane.redeem_open_code, token, req.job_id
+                        self.plane.accounts.redeem_open_code, token, req.job_id
                     )
                 except AuthError:
                     continue
@@ -169,7 +169,7 @@ class Authenticator:
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            user = await anyio.to_thread.run_sync(self.plane.authenticate, token)
+            user = await anyio.to_thread.run_sync(self.plane.accounts.authenticate, token)
         except AuthError:
             self._cache.pop(token, None)
             return None

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Send
 from websockets.asyncio.client import ClientConnection, connect
@@ -29,11 +28,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from outgrow.domain.jobs import UserView
-from outgrow.proxy.jobs import JUPYTER_PORT, JobEntry, Target, spawn
+from outgrow.proxy.jobs import Activity, JobEntry, Target, spawn
 from outgrow.proxy.request import Incoming
-
-if TYPE_CHECKING:
-    from outgrow.proxy.core import StableUrlProxy
 
 log = logging.getLogger("outgrow.proxy")
 
@@ -43,7 +39,7 @@ _UNSENDABLE = frozenset({1005, 1006, 1015})  # reserved close codes, never on th
 
 
 async def open_upstream(req: Incoming, target: Target, subprotocols: list[str]) -> ClientConnection:
-    url = f"ws://{target.address}:{JUPYTER_PORT}" + req.upstream_path.decode("latin-1")
+    url = f"ws://{target.address}:{target.port}" + req.upstream_path.decode("latin-1")
     headers = [
         ("Authorization", f"token {target.token}"),
         ("X-Forwarded-For", req.client_ip),
@@ -67,7 +63,7 @@ async def open_upstream(req: Incoming, target: Target, subprotocols: list[str]) 
 
 class WsBridge:
     def __init__(
-        self, proxy: StableUrlProxy, entry: JobEntry, req: Incoming, actor: UserView, send: Send
+        self, proxy: Activity, entry: JobEntry, req: Incoming, actor: UserView, send: Send
     ):
         self.proxy = proxy
         self.entry = entry

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine
@@ -63,6 +64,16 @@ class StoreBase:
         self._read = sessionmaker(engine, expire_on_commit=False)
         writer = engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
         self._write = sessionmaker(writer, expire_on_commit=False)
+        # An in-memory SQLite database is one connection shared by every thread
+        # (engine.py): its transactions must take turns.
+        memory = engine.url.get_backend_name() == "sqlite" and engine.url.database in (
+            None,
+            "",
+            ":memory:",
+        )
+        self._serial: AbstractContextManager[object] = (
+            threading.RLock() if memory else nullcontext()
+        )
 
     def close(self) -> None:
         self._engine.dispose()
@@ -70,5 +81,5 @@ class StoreBase:
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Session]:
         """A session in one transaction: committed at the end, rolled back on error."""
-        with (self._write if write else self._read)() as s, s.begin():
+        with self._serial, (self._write if write else self._read)() as s, s.begin():
             yield s

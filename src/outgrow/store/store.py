@@ -19,7 +19,13 @@ from typing import Any, get_args
 from sqlalchemy import CursorResult, delete, false, func, insert, select
 
 from outgrow.domain.jobs import EventView, InstanceView, JobSpec, MetricPoint
-from outgrow.domain.states import JobState, check_restart, check_transition, is_terminal
+from outgrow.domain.states import (
+    JobState,
+    check_restart,
+    check_transition,
+    is_terminal,
+    parse_state,
+)
 from outgrow.errors import ConflictError, NotFoundError, ValidationError
 from outgrow.store.accounts import AccountsMixin
 from outgrow.store.base import flush_or_conflict, get_user_row, live_job, reject_unknown
@@ -47,14 +53,6 @@ JOB_FIELDS = frozenset(
 )
 INSTANCE_FIELDS = frozenset({"status", "ended_at", "address", "agent_url", "agent_token"})
 INSTANCE_STATUSES: tuple[str, ...] = get_args(InstanceView.model_fields["status"].annotation)
-
-
-def _state(value: str, field: str) -> JobState:
-    try:
-        return JobState(value)
-    except ValueError as exc:
-        known = ", ".join(s.value for s in JobState)
-        raise ValidationError(f"unknown job state {value!r} (known: {known})", field=field) from exc
 
 
 def _instance_status(value: str) -> str:
@@ -166,22 +164,19 @@ class Store(AccountsMixin):
         if owner_id is not None:
             query = query.where(Job.owner_id == owner_id)
         if statuses is not None:
-            query = query.where(Job.status.in_([_state(v, "status").value for v in statuses]))
+            query = query.where(Job.status.in_([parse_state(v, "status").value for v in statuses]))
         with self._tx() as s:
             rows = s.execute(query.order_by(Job.created_at, Job.id)).all()
             return [job_record(r[0], r[1]) for r in rows]
 
-    def set_status(
-        self, job_id: str, status: str, reason: str, *, expect: str | None = None
-    ) -> None:
+    def set_status(self, job_id: str, status: str, reason: str) -> JobState:
         """Move the job to ``status`` (a legal transition, else ConflictError) and record a
-        "state" event, in one transaction. ``expect``: ConflictError unless the job is in
-        that state now (optimistic check). Terminal → Submitted is :meth:`restart_job`."""
+        "state" event, in one transaction; returns the state it left. Terminal → Submitted
+        is :meth:`restart_job`. The control plane calls this only through its Lifecycle
+        (controlplane/lifecycle.py), which runs the transition's hooks after the commit."""
         with self._tx(write=True) as s:
             job = live_job(s, job_id)
             current = job.status
-            if expect is not None and current != expect:
-                raise ConflictError(f"job {job_id} is {current}, not {expect}")
             check_transition(current, status)
             new, now = JobState(status).value, utcnow()
             job.status, job.status_reason, job.updated_at = new, reason, now
@@ -191,6 +186,7 @@ class Store(AccountsMixin):
                 if is_terminal(new) and run.ended_at is None:
                     run.ended_at = now
             s.add(_state_event(job_id, reason, current, new))
+            return JobState(current)
 
     def restart_job(self, job_id: str) -> int:
         """A new run of a finished job: closes the last run, opens the next, sets Submitted

@@ -38,8 +38,8 @@ def _set_cookie(request: Request, response: Response, value: str | None) -> None
 def create_session(body: LoginBody, request: Request, response: Response, cp: Plane) -> UserView:
     """Log in: sets the session cookie (a new API token) and returns the user."""
     check_csrf(request)
-    user = cp.login(body.name, body.password)
-    _, secret = cp.create_token(user, f"{TOKEN_NAME}{int(time.time())}")
+    user = cp.accounts.login(body.name, body.password)
+    _, secret = cp.accounts.create_token(user, f"{TOKEN_NAME}{int(time.time())}")
     _set_cookie(request, response, secret)
     return user
 
@@ -54,12 +54,12 @@ def delete_session(request: Request, cp: Plane) -> Response:
     if not secret:
         return resp
     try:
-        user = cp.authenticate(secret)
+        user = cp.accounts.authenticate(secret)
     except AuthError:
         return resp
     # The store keeps only a hash and the first characters of a token: find this one by its
     # prefix among the user's live console tokens.
-    for tok in cp.list_tokens(user):
+    for tok in cp.accounts.list_tokens(user):
         if not tok.revoked and tok.name.startswith(TOKEN_NAME) and secret.startswith(tok.prefix):
-            cp.revoke_token(user, tok.id)
+            cp.accounts.revoke_token(user, tok.id)
     return resp

@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 from outgrow.errors import ConfigError, NotFoundError
-from outgrow.providers.aws.adaptor import AwsAdaptor
 from outgrow.providers.aws.settings import AwsSettings
+from outgrow.transfer.boto import AwsAdaptor
 
 
 class Account:

@@ -23,12 +23,12 @@ from outgrow import __version__
 from outgrow.domain.instance_types import InstanceType
 from outgrow.domain.security import SecurityGroup
 from outgrow.errors import ConfigError
-from outgrow.providers.aws.adaptor import AwsAdaptor
 from outgrow.providers.aws.criu_script import INSTALL_CRIU_SH
 from outgrow.providers.aws.settings import AwsSettings
 from outgrow.providers.aws.tags import tag_spec
 from outgrow.providers.aws.userdata import AgentInstall, UserDataSpec, render
 from outgrow.settings import Settings
+from outgrow.transfer.boto import AwsAdaptor
 
 
 class AgentTokens:

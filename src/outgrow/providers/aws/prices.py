@@ -35,7 +35,7 @@ import yaml
 from outgrow.errors import ConfigError
 
 if TYPE_CHECKING:
-    from outgrow.providers.aws.adaptor import AwsAdaptor
+    from outgrow.transfer.boto import AwsAdaptor
 
 STALE_AFTER_DAYS = 180
 
@@ -176,7 +176,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         for region, prices in t.regions.items():
             print(f"{region}: {len(prices)} types")
         return 0
-    from outgrow.providers.aws.adaptor import AwsAdaptor
+    from outgrow.transfer.boto import AwsAdaptor
 
     adaptor = AwsAdaptor("us-east-1")  # the Pricing API's endpoint for every region
     regions = {reg: fetch_region(adaptor, reg, args.family) for reg in args.region}

@@ -47,23 +47,20 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from outgrow.agent.client import AgentClient
+from outgrow.agentapi.client import AgentClient
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import AgentError, ConfigError, NotFoundError, OutgrowError, ProviderError
 from outgrow.providers.aws import groups, launch
 from outgrow.providers.aws.account import Account
-from outgrow.providers.aws.adaptor import AwsAdaptor
 from outgrow.providers.aws.catalog import InstanceCatalog
 from outgrow.providers.aws.prices import PriceTable, load_price_table
 from outgrow.providers.aws.secgroups import SecurityGroups, sg_name
 from outgrow.providers.aws.settings import AwsSettings
-from outgrow.providers.aws.storage import CheckpointStore, delete_url, parse_url, url_of
 from outgrow.providers.aws.tags import (
     KIND_JOB_VOLUME,
     LIVE_STATES,
@@ -79,6 +76,8 @@ from outgrow.providers.aws.tags import (
 from outgrow.providers.aws.volumes import JobVolumes
 from outgrow.providers.base import Capability, InstanceInfo, Provider
 from outgrow.settings import Settings
+from outgrow.transfer.boto import AwsAdaptor
+from outgrow.transfer.s3 import CheckpointStore, delete_url, parse_url, url_of
 
 __all__ = [
     "TAG_CLUSTER",
@@ -566,8 +565,3 @@ class AwsProvider(Provider):
         removed += self.cleanup()
         removed += [f"job volume {v}" for v in self.volumes.delete_all()]
         return removed
-
-    def as_dict(self, info: InstanceInfo) -> dict[str, object]:
-        d = asdict(info)
-        d.pop("agent_token")
-        return d

@@ -20,8 +20,8 @@ from outgrow.domain.security import SecurityGroup
 from outgrow.errors import NotFoundError, ProviderError
 from outgrow.providers.aws import groups
 from outgrow.providers.aws.account import Account
-from outgrow.providers.aws.adaptor import error_code, retry
 from outgrow.providers.aws.tags import TAG_CLUSTER, TAG_JOB, tag_spec
+from outgrow.transfer.boto import error_code, retry
 
 log = logging.getLogger("outgrow.provider.aws")
 

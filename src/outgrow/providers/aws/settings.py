@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from outgrow.transfer.s3 import S3Connection
 
 # Debian's own public SSM parameter for its latest bookworm (12) AMI.
 DEFAULT_AMI_SSM_PARAMETER = "/aws/service/debian/release/bookworm/latest/amd64"
@@ -28,22 +30,9 @@ def _split(v: object) -> object:
     return v
 
 
-class AwsSettings(BaseSettings):
+class AwsSettings(S3Connection):
     model_config = SettingsConfigDict(env_prefix="OUTGROW_AWS_", extra="ignore")
 
-    region: str | None = Field(
-        None,
-        description="AWS region (else AWS_REGION / AWS_DEFAULT_REGION / the AWS config file).",
-    )
-    endpoint_url: str | None = Field(
-        None,
-        description="Endpoint of every AWS service (else AWS_ENDPOINT_URL, honoured by "
-        "botocore). Only for tests against a fake such as moto's server.",
-    )
-    profile: str | None = Field(None, description="AWS config profile (else the default chain).")
-    max_attempts: int = Field(
-        8, ge=1, le=20, description="botocore attempts per call (adaptive retry mode)."
-    )
     subnet_id: str | None = Field(
         None, description="Subnet every instance is launched in (required to create instances)."
     )

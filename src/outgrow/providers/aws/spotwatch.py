@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from outgrow.agent.client import AgentClient
+from outgrow.agentapi.client import AgentClient
 from outgrow.errors import AgentError
 from outgrow.providers.aws.bootstrap import IMDS, IMDS_ENV, Imds
 

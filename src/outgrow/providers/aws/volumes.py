@@ -33,7 +33,6 @@ from typing import Any
 
 from outgrow.errors import NotFoundError, ProviderError
 from outgrow.providers.aws.account import Account
-from outgrow.providers.aws.adaptor import error_code
 from outgrow.providers.aws.tags import (
     KIND_JOB_VOLUME,
     LIVE_STATES,
@@ -44,6 +43,7 @@ from outgrow.providers.aws.tags import (
     tag_dict,
     tag_spec,
 )
+from outgrow.transfer.boto import error_code
 
 log = logging.getLogger("outgrow.provider.aws")
 

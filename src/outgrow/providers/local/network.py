@@ -84,12 +84,12 @@ def netns_fd(path: str | os.PathLike[str]) -> int:
         ) from exc
 
 
-def run_in_netns_argv(info: NetnsInfo) -> list[str]:
-    """Argv prefix running a command in the instance's netns (network namespace only).
+def run_in_netns_argv(netns_path: str) -> list[str]:
+    """Argv prefix running a command in an instance's netns (network namespace only).
 
     Not ``ip netns exec``: that also unshares a mount namespace, which breaks CRIU.
     """
-    return ["nsenter", f"--net={info.path}"]
+    return ["nsenter", f"--net={netns_path}"]
 
 
 def _ip(*args: str, what: str, ok_missing: bool = False, timeout: float = IP_TIMEOUT) -> str | None:

@@ -17,16 +17,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
 from outgrow.agent.cgroups import detect
-from outgrow.agent.client import AgentClient
-from outgrow.agent.images import ImageCache, ImageSpec
+from outgrow.agent.images import ImageCache
+from outgrow.agentapi.client import AgentClient
+from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import GIB, Catalog, parse_catalog
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
-from outgrow.domain.storage import JobStorage
+from outgrow.domain.storage import JobStorage, is_object_url
 from outgrow.errors import (
     AgentError,
     CapacityError,
@@ -86,7 +86,12 @@ class LocalProvider(Provider):
     # A property, not the base class's ClassVar: what is shared depends on the settings.
     @property
     def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
-        caps = {Capability.SPOT, Capability.RECLAIM_NOTICE, Capability.SECURITY_GROUPS}
+        caps = {
+            Capability.SPOT,
+            Capability.RECLAIM_NOTICE,
+            Capability.SECURITY_GROUPS,
+            Capability.RESTART_AGENT,
+        }
         if self.settings.local_job_storage == "shared":  # else the directory moves with the job
             caps.add(Capability.SHARED_JOB_STORAGE)
         return frozenset(caps)
@@ -237,7 +242,7 @@ class LocalProvider(Provider):
     def _start_agent(self, iid: str, netns_path: str, address: str) -> None:
         d = self._dir(iid)
         argv = [
-            *run_in_netns_argv_path(netns_path),
+            *run_in_netns_argv(netns_path),
             sys.executable,
             "-m",
             "outgrow.agent",
@@ -395,14 +400,26 @@ class LocalProvider(Provider):
     def delete_job_storage(self, job_id: str) -> None:
         self.job_storage.delete(job_id)
 
-    def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str | None:
-        return self.job_storage.checkpoint_url(job_id, checkpoint_id)
+    def checkpoint_location(self, job_id: str, checkpoint_id: str) -> str:
+        # In S3 when job directories are (to exercise the cloud path), else a directory of
+        # the data dir, which every agent of this host reads.
+        url = self.job_storage.checkpoint_url(job_id, checkpoint_id)
+        return url or str(self.settings.data_dir / "checkpoints" / job_id / checkpoint_id)
+
+    def local_job_dir(self, job_id: str) -> Path | None:
+        return self.jobs_dir / job_id if self.settings.local_job_storage == "shared" else None
+
+    def network_ranges(self) -> tuple[str | None, str | None]:
+        return str(self.net.gateway), str(self.net.pool)
 
     def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
         return self.job_storage.transfer_url(job_id, checkpoint_id)
 
-    def delete_checkpoint(self, url: str) -> None:
-        self.job_storage.delete_checkpoint(url)
+    def delete_checkpoint(self, location: str) -> None:
+        if is_object_url(location):
+            self.job_storage.delete_checkpoint(location)
+        else:
+            super().delete_checkpoint(location)
 
     def cleanup(self, keep: Collection[str] = ()) -> list[str]:
         removed = super().cleanup(keep)
@@ -421,19 +438,11 @@ class LocalProvider(Provider):
         removed += self.job_storage.release_loops(keep=set(keep))
         return removed
 
-    def teardown(self) -> None:
+    def teardown(self) -> list[str]:
         """Remove every instance and the host bridge (tests and `outgrow cleanup --all`)."""
-        self.cleanup()
+        removed = self.cleanup()
         self.net.teardown()
-
-    def as_dict(self, info: InstanceInfo) -> dict[str, object]:
-        d = asdict(info)
-        d.pop("agent_token")
-        return d
-
-
-def run_in_netns_argv_path(netns_path: str) -> list[str]:
-    return ["nsenter", f"--net={netns_path}"]
+        return removed
 
 
 def _kill_wait(pid: int, timeout: float = 5.0) -> None:
@@ -455,6 +464,3 @@ def _kill_wait(pid: int, timeout: float = 5.0) -> None:
             except OSError:
                 return
             time.sleep(0.02)
-
-
-_ = run_in_netns_argv

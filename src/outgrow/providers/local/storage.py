@@ -26,10 +26,9 @@ from outgrow.agent.mounts import loop_devices, mounts
 from outgrow.domain.instance_types import GIB
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import ConfigError, ProviderError
-from outgrow.providers.aws.adaptor import AwsAdaptor
 from outgrow.providers.aws.settings import AwsSettings
-from outgrow.providers.aws.storage import CheckpointStore, Kind, delete_url, url_of
 from outgrow.settings import Settings
+from outgrow.transfer.s3 import CheckpointStore, Kind, delete_url, url_of
 
 log = logging.getLogger("outgrow.provider.local")
 MIB = 1024 * 1024
@@ -53,7 +52,7 @@ class LocalJobStorage:
                     field="local_job_storage",
                 )
             self._s3 = CheckpointStore(
-                _adaptor(aws), aws.s3_bucket, prefix=aws.s3_prefix, cluster=aws.cluster
+                aws.adaptor(), aws.s3_bucket, prefix=aws.s3_prefix, cluster=aws.cluster
             )
 
     # ---- the provider hooks -------------------------------------------------------------
@@ -200,16 +199,6 @@ class LocalJobStorage:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ProviderError(f"losetup {' '.join(args)} failed: {exc}") from exc
         return r.stdout
-
-
-def _adaptor(aws: AwsSettings) -> AwsAdaptor:
-    # boto3 itself is imported on the first call (the aws extra is optional)
-    return AwsAdaptor(
-        aws.region,
-        endpoint_url=aws.endpoint_url,
-        profile=aws.profile,
-        max_attempts=aws.max_attempts,
-    )
 
 
 def _check_id(part: str) -> str:

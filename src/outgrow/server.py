@@ -1,4 +1,6 @@
-"""``outgrow up``: the control plane process (API + scheduler) on the embedded default."""
+"""``outgrow up``: the control plane process on the embedded default — the composition
+root: the REST API (outgrow.api), the stable-URL proxy (outgrow.proxy) and the console
+(outgrow.web) in one ASGI app, over one ControlPlane."""
 
 from __future__ import annotations
 
@@ -9,18 +11,35 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from outgrow import credentials
+from fastapi import FastAPI
+
+from outgrow import credentials, web
+from outgrow.api.app import create_api
+from outgrow.controlplane.service import ControlPlane
+from outgrow.proxy import ProxyRoute, StableUrlProxy
 from outgrow.settings import Settings
 
 log = logging.getLogger("outgrow.server")
+
+
+def create_app(plane: ControlPlane) -> FastAPI:
+    """The whole HTTP side of a control plane: API, stable URLs, console."""
+    app = create_api(plane)
+    # Stable URL of every Jupyter job: /jobs/<job-id>/… (HTTP, WebSocket). A middleware,
+    # before route matching: it is the hot path.
+    proxy = StableUrlProxy(plane)
+    plane.lifecycle.move_hooks.append(proxy)
+    app.state.proxy = proxy
+    app.add_middleware(ProxyRoute, proxy=proxy)
+    # The console: / (index.html), /static/..., /api/v1/session.
+    web.mount(app)
+    return app
 
 
 def serve(settings: Settings, *, write_credentials: bool = True) -> None:
     import uvicorn
 
     from outgrow import logs
-    from outgrow.api.app import create_app
-    from outgrow.controlplane.service import ControlPlane
     from outgrow.providers.base import get_provider
     from outgrow.store import Store
 
@@ -31,7 +50,7 @@ def serve(settings: Settings, *, write_credentials: bool = True) -> None:
     provider = get_provider(settings.provider, settings)
     public = f"http://{settings.host}:{settings.port}"
     plane = ControlPlane(settings, store, provider, public_url=public)
-    boot = plane.bootstrap(settings.admin_password)
+    boot = plane.accounts.bootstrap(settings.admin_password)
     if boot is not None:
         password, token = boot
         where = ""

@@ -23,7 +23,9 @@ Keys: ``<prefix>/<cluster>/suspend/<job>/<checkpoint>.tar``,
 through S3, ``OUTGROW_AWS_JOB_STORAGE=s3``) ``<prefix>/<cluster>/jobdir/<job>/workspace.tar``.
 
 The agent uses only the ``s3://bucket/key`` helpers at the end (:func:`upload_url`,
-:func:`download_url`, :func:`delete_url`): the control plane's provider hands it URLs.
+:func:`download_url`, :func:`delete_url`): the control plane's provider hands it URLs, and
+the agent connects with :class:`S3Connection` (``OUTGROW_AWS_*``, the instance profile's
+credentials on an instance).
 """
 
 from __future__ import annotations
@@ -41,14 +43,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from outgrow.errors import NotFoundError, OutgrowError, TransferError
-from outgrow.providers.aws.adaptor import AwsAdaptor, error_code
+from outgrow.transfer.boto import AwsAdaptor, error_code
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
 Kind = Literal["suspend", "transfer", "jobdir"]
 LIFECYCLE_TRANSFER_ID = "outgrow-transfer-expiry"
 LIFECYCLE_MULTIPART_ID = "outgrow-abort-incomplete-uploads"
+
+
+class S3Connection(BaseSettings):
+    """How to reach AWS (``OUTGROW_AWS_*``): the part of the aws provider's settings an
+    agent needs for object storage (the provider's AwsSettings extends it)."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTGROW_AWS_", extra="ignore")
+
+    region: str | None = Field(
+        None,
+        description="AWS region (else AWS_REGION / AWS_DEFAULT_REGION / the AWS config file).",
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of every AWS service (else AWS_ENDPOINT_URL, honoured by "
+        "botocore). Only for tests against a fake such as moto's server.",
+    )
+    profile: str | None = Field(None, description="AWS config profile (else the default chain).")
+    max_attempts: int = Field(
+        8, ge=1, le=20, description="botocore attempts per call (adaptive retry mode)."
+    )
+
+    def adaptor(self) -> AwsAdaptor:
+        # boto3 itself is imported on the first call (the aws extra is optional)
+        return AwsAdaptor(
+            self.region,
+            endpoint_url=self.endpoint_url,
+            profile=self.profile,
+            max_attempts=self.max_attempts,
+        )
 
 
 @dataclass(frozen=True)
@@ -321,17 +356,7 @@ def store_for_url(url: str, adaptor: AwsAdaptor | None = None) -> tuple[Checkpoi
     """A store for the URL's bucket (adaptor from ``OUTGROW_AWS_*`` settings when not
     given: on an instance the agent has the instance profile's credentials) and the key."""
     bucket, key = parse_url(url)
-    if adaptor is None:
-        from outgrow.providers.aws.settings import AwsSettings
-
-        cfg = AwsSettings()
-        adaptor = AwsAdaptor(
-            cfg.region,
-            endpoint_url=cfg.endpoint_url,
-            profile=cfg.profile,
-            max_attempts=cfg.max_attempts,
-        )
-    return CheckpointStore(adaptor, bucket), key
+    return CheckpointStore(adaptor or S3Connection().adaptor(), bucket), key
 
 
 def upload_url(src: Path, url: str, adaptor: AwsAdaptor | None = None) -> Manifest:

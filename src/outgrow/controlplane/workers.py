@@ -1,0 +1,73 @@
+"""The per-job serial executor: at most one long action (start, migrate, suspend, …) per
+job at a time, on a shared thread pool."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from outgrow.store import Store
+
+log = logging.getLogger("outgrow.controlplane")
+
+
+class Workers:
+    def __init__(self, store: Store, stopping: threading.Event, max_workers: int = 16):
+        self.store = store
+        self.stopping = stopping
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="job")
+        self._busy: set[str] = set()
+        self._guard = threading.Lock()
+
+    def busy(self, job_id: str) -> bool:
+        with self._guard:
+            return job_id in self._busy
+
+    def run(self, job_id: str, fn: Callable[..., None], *args: Any, wait: float = 0.0) -> bool:
+        """Queue ``fn(job_id, *args)``; False when the job is busy with another action.
+        With ``wait``, a user's action waits that long for the job's previous action to end
+        (it is finishing its bookkeeping right after the status a client waited for)."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._guard:
+                if job_id not in self._busy:
+                    self._busy.add(job_id)
+                    break
+            if time.monotonic() >= deadline or self.stopping.wait(0.05):
+                return False
+
+        def work() -> None:
+            try:
+                fn(job_id, *args)
+            except Exception:
+                name = getattr(fn, "__name__", "action")
+                log.exception("action %s on job %s failed", name, job_id)
+                try:
+                    self.store.add_event(
+                        job_id, "error", f"internal error in {name}; see server log"
+                    )
+                except Exception:
+                    log.exception("cannot record the error event")
+            finally:
+                with self._guard:
+                    self._busy.discard(job_id)
+
+        self._pool.submit(work)
+        return True
+
+    def run_when_free(self, job_id: str, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn`` as soon as the job's current action ends (in the background)."""
+
+        def later() -> None:
+            while not self.run(job_id, fn, *args):
+                if self.stopping.wait(0.2):
+                    return
+
+        self._pool.submit(later)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
