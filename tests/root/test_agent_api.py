@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 
 import httpx
@@ -13,6 +12,7 @@ from outgrow.agent.images import BUILTIN_IMAGES
 from outgrow.errors import AgentError
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.local.provider import LocalProvider
+from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -54,10 +54,12 @@ def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) 
             wait_job(inst)
             with pytest.raises(AgentError, match="already runs job j1"):
                 a.start_job(python_body("j2", "print(2)"))
-            deadline = time.monotonic() + 10
-            while "hello" not in a.logs("stdout")["data"]:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(
+                lambda: "hello" in a.logs("stdout")["data"],
+                timeout=10,
+                interval=0.1,
+                what="'hello' in the job's stdout",
+            )
             with pytest.raises(AgentError, match="no log stream"):
                 a.logs("secrets")
             m = a.metrics()
@@ -67,10 +69,13 @@ def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) 
             assert st["phase"] == "stopped"
             # A finished job can be replaced by a new one on the same instance.
             a.start_job(python_body("j3", "import sys\nsys.exit(7)\n"))
-            deadline = time.monotonic() + 30
-            while (st := a.job())["phase"] not in ("failed", "exited"):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            st = wait_for_value(
+                a.job,
+                lambda st: st["phase"] in ("failed", "exited"),
+                timeout=30,
+                interval=0.1,
+                what="job j3 to end",
+            )
             assert st["phase"] == "failed" and st["exit_code"] == 7
             assert st["message"] == "exited with code 7"
     finally:
