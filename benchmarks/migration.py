@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 import volume
+from polling import poll_until
 from rich.table import Table
 from summary import COLUMNS, GIB, MODES, pick_type, required_memory_gib, summarise_size
 
@@ -216,10 +217,15 @@ def tree_exited(init_pid: int, timeout: float = 120.0) -> float:
     files (sockets) open until its last thread has torn down its memory, which takes
     seconds for GiBs here; the agent's commit() does not wait for that."""
     t0 = time.monotonic()
-    while _proc_state(init_pid) not in ("gone", "Z", "X"):
-        if time.monotonic() - t0 > timeout:
-            raise BenchFailure(f"the killed job tree (init {init_pid}) did not exit")
-        time.sleep(0.005)
+    try:
+        poll_until(
+            lambda: _proc_state(init_pid) in ("gone", "Z", "X"),
+            timeout=timeout,
+            interval=0.005,  # the resolution of the time returned
+            what=f"the killed job tree (init {init_pid}) to exit",
+        )
+    except TimeoutError as exc:
+        raise BenchFailure(f"the killed job tree (init {init_pid}) did not exit") from exc
     return time.monotonic() - t0
 
 

@@ -41,6 +41,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+from polling import poll_until
 
 NAME = "proxy"
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -265,11 +266,13 @@ def serve(app: Any) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start: its thread ended")
+        return bool(server.started)
+
+    poll_until(started, timeout=30, interval=0.02, what="uvicorn to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -279,14 +282,15 @@ def serve(app: Any) -> Iterator[str]:
 
 
 def wait_status(plane: Any, actor: Any, job_id: str, status: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        view = plane.get_job(actor, job_id)
-        if view.status == status:
-            return view
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} is {view.status}, not {status}: {view.status_reason}")
-        time.sleep(0.2)
+    def view() -> Any:
+        v = plane.get_job(actor, job_id)
+        return v if v.status == status else None
+
+    try:
+        return poll_until(view, timeout=timeout, interval=0.2, what=f"job {job_id} {status}")
+    except TimeoutError:
+        v = plane.get_job(actor, job_id)
+        raise TimeoutError(f"job {job_id} is {v.status}, not {status}: {v.status_reason}") from None
 
 
 def run(

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from polling import poll_until
+
 from outgrow.agent.mounts import loop_devices, mounted_on, mounts
 from outgrow.domain.storage import StorageKind
 from outgrow.errors import ConflictError, StorageError
@@ -118,14 +120,25 @@ class JobVolume:
             a.stop_job(grace_s=3)
             # The tree takes a moment to end and close its files: until then the agent
             # says the job is live (conflict) or umount says busy (storage).
-            while True:
+            busy: list[ConflictError | StorageError] = []
+
+            def released() -> bool:
                 try:
                     a.release_storage(self.job_id, storage)
-                    break
-                except (ConflictError, StorageError):
-                    if time.monotonic() - t0 > RELEASE_TIMEOUT_S:
-                        raise
-                    time.sleep(0.2)
+                except (ConflictError, StorageError) as exc:
+                    busy.append(exc)
+                    return False
+                return True
+
+            try:
+                poll_until(
+                    released,
+                    timeout=RELEASE_TIMEOUT_S,
+                    interval=0.2,
+                    what=f"the job's storage to be released on {inst.id}",
+                )
+            except TimeoutError:
+                raise busy[-1] from None  # still busy: the agent's own answer says why
         self.p.detach_job_storage(self.job_id, inst)
         self.facts["release_s"] = round(time.monotonic() - t0, 4)
 

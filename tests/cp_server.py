@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from outgrow.controlplane.service import ControlPlane
 from outgrow.providers.local.provider import LocalProvider
 from outgrow.server import create_app
 from outgrow.store import Store
+from waiting import wait_for_value, wait_until
 
 
 def free_port() -> int:
@@ -49,17 +49,17 @@ class Server:
     def post(self, path: str, json: Any = None, token: str | None = None) -> httpx.Response:
         return httpx.post(self.api + path, headers=self.headers(token), json=json, timeout=30)
 
+    def job(self, job: str) -> dict[str, Any]:
+        j: dict[str, Any] = self.get(f"/jobs/{job}").json()
+        return j
+
     def wait(self, job: str, statuses: set[str], timeout: float = 180) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        j: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            j = self.get(f"/jobs/{job}").json()
-            if j["status"] in statuses:
-                return j
-            time.sleep(0.2)
-        raise AssertionError(
-            f"job {job} not {statuses} after {timeout} s: {j.get('status')} "
-            f"({j.get('status_reason')})"
+        return wait_for_value(
+            lambda: self.job(job),
+            lambda j: j["status"] in statuses,
+            timeout=timeout,
+            interval=0.2,
+            what=f"job {job} to be {' or '.join(sorted(statuses))}",
         )
 
 
@@ -82,14 +82,13 @@ def control_plane(tmp: Path, **overrides: Any) -> Iterator[Server]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/api/v1/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
     try:
+        wait_until(
+            lambda: httpx.get(url + "/api/v1/health", timeout=1),
+            timeout=10,
+            what=f"the control plane to answer at {url}",
+            ignore=(httpx.HTTPError,),
+        )
         yield Server(url, boot[1], plane, provider, prefix)
     finally:
         server.should_exit = True
@@ -146,15 +145,19 @@ class ServerProcess:
             stderr=log,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.api + "/health", timeout=1)
-                return
-            except httpx.HTTPError:
-                assert self.proc.poll() is None, (self.tmp / "server.log").read_text()
-                time.sleep(0.1)
-        raise AssertionError("server did not start")
+
+        def health() -> httpx.Response:
+            assert self.proc.poll() is None, (self.tmp / "server.log").read_text()
+            return httpx.get(self.api + "/health", timeout=1)
+
+        wait_until(
+            health,
+            timeout=30,
+            interval=0.1,
+            what=f"the server to answer at {self.api}",
+            ignore=(httpx.HTTPError,),
+            context=lambda: (self.tmp / "server.log").read_text()[-3000:],
+        )
 
     def kill9(self) -> None:
         import os

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +98,15 @@ class KernelSession:
         )
         return msg_id
 
-    def collect(self, msg_id: str, timeout: float, out: CellOutput | None = None) -> CellOutput:
-        """Read messages for ``msg_id`` until the kernel reports idle for it."""
+    def collect(
+        self,
+        msg_id: str,
+        timeout: float,
+        out: CellOutput | None = None,
+        until: Callable[[CellOutput], bool] | None = None,
+    ) -> CellOutput:
+        """Read messages for ``msg_id`` until the kernel reports idle for it, or (with
+        ``until``) until ``until(out)`` holds; pass ``out`` again to read on."""
         assert self.ws is not None
         out = out or CellOutput()
         deadline = time.monotonic() + timeout
@@ -118,7 +126,10 @@ class KernelSession:
             elif t == "status" and c["execution_state"] == "idle":
                 out.done = True
                 return out
-        raise TimeoutError(f"cell {msg_id} not finished after {timeout} s; got {out.text[-500:]!r}")
+            if until is not None and until(out):
+                return out
+        wanted = "not finished" if until is None else "did not get what was awaited"
+        raise TimeoutError(f"cell {msg_id} {wanted} after {timeout} s; got {out.text[-500:]!r}")
 
     def run(self, code: str, timeout: float = 60) -> CellOutput:
         return self.collect(self.execute(code), timeout)

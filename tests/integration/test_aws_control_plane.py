@@ -31,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ boto3 = pytest.importorskip("boto3", reason="outgrow[aws] not installed")
 moto_server = pytest.importorskip("moto.server", reason="moto not installed (dev extra)")
 
 from outgrow.providers.aws.prices import load_price_table  # noqa: E402
+from waiting import wait_for_value, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -191,16 +191,20 @@ class ControlPlaneProcess:
                 stderr=err,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.api + "/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert self.proc.poll() is None, f"outgrow up exited:\n{self.log()}"
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"outgrow up did not answer within 30 s:\n{self.log()}")
+        proc = self.proc
+
+        def health() -> httpx.Response:
+            assert proc.poll() is None, f"outgrow up exited:\n{self.log()}"
+            return httpx.get(self.api + "/health", timeout=1).raise_for_status()
+
+        wait_until(
+            health,
+            timeout=30,
+            interval=0.1,
+            what=f"outgrow up to answer at {self.api}",
+            ignore=(httpx.HTTPError,),
+            context=self.log,
+        )
         if not self.token:  # the first start prints it
             m = re.search(r"API token: (\S+)", self.log())
             assert m, f"no API token printed:\n{self.log()}"
@@ -310,14 +314,9 @@ def eventually(
     fn: Callable[[], T | None], timeout: float, what: str, log: Callable[[], str] = str
 ) -> T:
     """``fn()`` once it is truthy (polled every 0.1 s), else an AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}\n{log()}")
-        time.sleep(0.1)
+    got = wait_until(fn, timeout=timeout, interval=0.1, what=what, context=log)
+    assert got is not None
+    return got
 
 
 def tags_of(resource: dict[str, Any]) -> dict[str, str]:
@@ -533,13 +532,13 @@ def test_job_gets_an_ec2_instance_then_fails_cleanly_without_an_agent(
     assert volumes(account, tag("outgrow:job", job), tag("outgrow:kind", "job-volume")) == []
 
     # -- no agent ever answers (moto boots nothing): FailToExecute with a clear reason
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S + 30
-    view: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        view = plane.get(f"/jobs/{job}").json()
-        if view["status"] not in ("Submitted", "Initializing", "Starting"):
-            break
-        time.sleep(0.2)
+    view: dict[str, Any] = wait_for_value(
+        lambda: plane.get(f"/jobs/{job}").json(),
+        lambda view: view["status"] not in ("Submitted", "Initializing", "Starting"),
+        timeout=HEALTH_TIMEOUT_S + 30,
+        interval=0.2,
+        what=f"job {job} to be done starting",
+    )
     assert view["status"] == "FailToExecute", view
     reason = view["status_reason"]
     assert f"the agent of instance {iid} ({ec2_id}, " in reason

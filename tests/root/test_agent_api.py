@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
@@ -13,6 +11,7 @@ from outgrow.domain.images import BUILTIN_IMAGES
 from outgrow.errors import AgentError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.local.provider import LocalProvider
+from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -58,10 +57,12 @@ def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) 
             wait_job(inst)
             with pytest.raises(ConflictError, match="already runs job j1"):
                 a.start_job(python_body("j2", "print(2)"))
-            deadline = time.monotonic() + 10
-            while "hello" not in a.logs("stdout").data:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(
+                lambda: "hello" in a.logs("stdout").data,
+                timeout=10,
+                interval=0.1,
+                what="'hello' in the job's stdout",
+            )
             with pytest.raises(NotFoundError, match="no log stream"):
                 a.logs("secrets")
             now = a.metrics().now
@@ -71,10 +72,13 @@ def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) 
             assert st.phase == AgentPhase.STOPPED
             # A finished job can be replaced by a new one on the same instance.
             a.start_job(python_body("j3", "import sys\nsys.exit(7)\n"))
-            deadline = time.monotonic() + 30
-            while not (st := a.job()).phase.ended:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            st = wait_for_value(
+                a.job,
+                lambda st: st.phase.ended,
+                timeout=30,
+                interval=0.1,
+                what="job j3 to end",
+            )
             assert st.phase == AgentPhase.FAILED and st.exit_code == 7
             assert st.message == "exited with code 7"
     finally:

@@ -24,6 +24,7 @@ import pytest
 
 from conftest import leftovers, unique_prefix
 from jupyter_ws import KernelSession, create_kernel
+from waiting import wait_for_value
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -91,17 +92,21 @@ class Plane:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"outgrow up exited:\n{self.log()}"
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError(f"outgrow up did not answer in 90 s:\n{self.log()}")
+        proc = self.proc
+
+        def health() -> int:
+            assert proc.poll() is None, f"outgrow up exited:\n{self.log()}"
+            return httpx.get(self.url + "/api/v1/health", timeout=2).status_code
+
+        wait_for_value(
+            health,
+            lambda code: code == 200,
+            timeout=90,
+            interval=0.3,
+            what=f"outgrow up to answer at {self.url}",
+            ignore=(httpx.HTTPError,),
+            context=self.log,
+        )
         m = re.search(r"API token: (og_\S+)", self.log())
         assert m, self.log()
         self.token = m.group(1)
@@ -151,26 +156,30 @@ class Plane:
         return lines[0].removeprefix("outgrow: error: ")
 
     def wait_status(self, ref: str, status: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        job: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            job = self.json("show", ref)
-            if job["status"] == status:
-                return job
-            time.sleep(2)
-        raise AssertionError(f"job {ref} not {status} after {timeout} s: {job.get('status')}")
+        job: dict[str, Any] = wait_for_value(
+            lambda: self.json("show", ref),
+            lambda job: job["status"] == status,
+            timeout=timeout,
+            interval=2,
+            what=f"job {ref} to be {status} (outgrow show)",
+        )
+        return job
 
     def settle(self, ref: str, quiet_s: float = 8, timeout: float = 120) -> dict[str, Any]:
         """Wait until the job is Executing and nothing happened to it for ``quiet_s``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.json("show", ref)
+
+        def quiet(job: dict[str, Any]) -> bool:
             last = max(e["time"] for e in job["events"])
-            age = time.time() - _ts(last)
-            if job["status"] == "Executing" and age >= quiet_s:
-                return job
-            time.sleep(1)
-        raise AssertionError(f"job {ref} did not settle in {timeout} s")
+            return job["status"] == "Executing" and time.time() - _ts(last) >= quiet_s
+
+        job: dict[str, Any] = wait_for_value(
+            lambda: self.json("show", ref),
+            quiet,
+            timeout=timeout,
+            interval=1,
+            what=f"job {ref} Executing with no event for {quiet_s:g} s",
+        )
+        return job
 
 
 def _ts(text: str) -> float:

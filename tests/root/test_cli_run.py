@@ -19,6 +19,7 @@ from typing import IO, Any
 import pytest
 
 from conftest import leftovers, unique_prefix
+from waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -177,7 +178,12 @@ def test_sigint_stops_the_job_and_deletes_the_instance(env: Env) -> None:
         first = q.get(timeout=120)
         assert first is not None, "".join(errs)
         assert json.loads(first)["event"] == "started"
-        time.sleep(1.0)  # let it print a few lines
+        wait_until(  # the job runs and its output streams
+            lambda: any(ln.strip() == "3" for ln in errs),
+            timeout=60,
+            what="the job to print 3 lines",
+            context=lambda: "".join(errs)[-2000:],
+        )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=15)

@@ -18,7 +18,6 @@ import shlex
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import httpx
 import pytest
 
 from conftest import leftovers, make_settings, unique_prefix
+from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -64,16 +64,27 @@ class Console:
     def wait_job(
         self, ref: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 180, what: str = ""
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        job = self.job(ref)
-        while not pred(job):
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"job {ref} never {what}: {job['status']} {job['status_reason']}"
-                )
-            time.sleep(0.5)
-            job = self.job(ref)
-        return job
+        return wait_for_value(
+            lambda: self.job(ref), pred, timeout=timeout, interval=0.5, what=f"job {ref} {what}"
+        )
+
+    def wait_samples(self, ref: str, n: int, instance_id: str | None = None) -> None:
+        """Until the job has ``n`` WaveWatcher samples (of ``instance_id``, if given)."""
+
+        def samples() -> list[dict[str, Any]]:
+            r = self.api.get(f"/api/v1/jobs/{ref}/metrics")
+            r.raise_for_status()
+            points: list[dict[str, Any]] = r.json()["points"]
+            return [p for p in points if instance_id in (None, p["instance_id"])]
+
+        of = f" of instance {instance_id}" if instance_id else ""
+        wait_for_value(
+            samples,
+            lambda points: len(points) >= n,
+            timeout=60,
+            interval=0.5,
+            what=f"{n} WaveWatcher samples{of} for job {ref}",
+        )
 
 
 def free_port() -> int:
@@ -109,10 +120,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
+
+        def started() -> bool:
+            assert thread.is_alive(), "uvicorn exited while starting"
+            return bool(server.started)
+
+        wait_until(started, timeout=20, what="uvicorn to start")
         with httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {boot[1]}"}, timeout=30
         ) as api:
@@ -121,12 +134,17 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             for j in api.get("/api/v1/jobs").json():
                 if "cancel" in j["actions"]:
                     api.post(f"/api/v1/jobs/{j['id']}/cancel")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and any(
-                j["status"] in ("Cancelling",) or "cancel" in j["actions"]
-                for j in api.get("/api/v1/jobs").json()
-            ):
-                time.sleep(0.5)
+            wait_until(
+                lambda: (
+                    not any(
+                        j["status"] in ("Cancelling",) or "cancel" in j["actions"]
+                        for j in api.get("/api/v1/jobs").json()
+                    )
+                ),
+                timeout=60,
+                interval=0.5,
+                what="every job left by the tests to be cancelled",
+            )
     finally:
         server.should_exit = True
         thread.join(15)
@@ -178,11 +196,23 @@ def shot(pg: Any, name: str, *, full: bool = True) -> None:
         pg.evaluate("window.scrollTo(0, 0)")
         height = int(pg.evaluate("document.documentElement.scrollHeight"))
         pg.set_viewport_size({"width": size["width"], "height": max(height, size["height"])})
-    time.sleep(0.4)
+    pg.evaluate(SETTLED)
     try:
         pg.screenshot(path=str(ARTIFACTS / f"{name}.png"))
     finally:
         pg.set_viewport_size(size)
+
+
+# Resolves once the page is still: fonts loaded, two frames drawn (charts re-render on a
+# resize in the frame after it) and every finite CSS transition or animation finished.
+SETTLED = """async () => {
+  await document.fonts.ready;
+  await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+  const finite = document.getAnimations().filter(
+    (a) => a.effect && a.effect.getTiming().iterations !== Infinity,
+  );
+  await Promise.all(finite.map((a) => a.finished.catch(() => null)));
+}"""
 
 
 def goto(pg: Any, console: Console, hash_: str) -> None:
@@ -301,7 +331,7 @@ def test_one_click_jupyter_lab(page: Any, console: Console) -> None:
     assert set(job["actions"]) >= {"migrate", "modify", "suspend", "cancel", "open"}
     page.wait_for_selector(".badge-slot [data-status=Executing]")
     assert page.is_enabled("[data-action=migrate]") and page.is_visible("[data-action=open]")
-    time.sleep(4)  # a few WaveWatcher samples
+    console.wait_samples(job_id, 3)  # a few WaveWatcher samples
     shot(page, "05-job-instances", full=False)
 
 
@@ -521,7 +551,9 @@ def test_migrate_button_and_wavewatcher_marker(page: Any, console: Console) -> N
     )
     assert job["instance"]["type"] == "lc.medium" and len(job["instances"]) == 2
     page.wait_for_selector(".chart-svg .marker", timeout=30_000)
-    time.sleep(3)  # samples from the new instance
+    # samples from the new instance, drawn as a line of their own
+    console.wait_samples(job_id, 2, instance_id=job["instance"]["id"])
+    page.locator(".chart-card").nth(0).locator(".line.s-used").nth(1).wait_for()
     page.locator(".chart-card").nth(0).locator(".marker").first.hover()
     tip = page.wait_for_selector(".chart-tip.tip-marker:not([hidden])")
     text = tip.inner_text()
@@ -564,7 +596,7 @@ def test_evade_oom_moves_the_job_and_says_why(page: Any, console: Console) -> No
     ks = KernelSession(base, console.token, create_kernel(base, console.token))
     try:
         assert ks.run("x = 41").error is None
-        time.sleep(3)
+        console.wait_samples(job_id, 3)  # the level before the climb
         # 1.25 GiB in 64 MiB steps into a 1 GiB instance: it reaches its limit, stalls
         # (evadeOOM) instead of being killed, and finishes on a bigger instance.
         out = ks.run(
@@ -586,7 +618,9 @@ def test_evade_oom_moves_the_job_and_says_why(page: Any, console: Console) -> No
     move = next(e for e in job["events"] if e["type"] == "migration")
     assert move["reason"].startswith("evadeOOM") and move["from_type"] == "lc.small", move
     page.wait_for_selector(".chart-svg .marker.rk-oom", timeout=30_000)
-    time.sleep(6)  # the new instance's samples
+    # the new instance's samples, drawn as a line of their own
+    console.wait_samples(job_id, 3, instance_id=job["instance"]["id"])
+    page.locator(".chart-card").nth(0).locator(".line.s-used").nth(1).wait_for()
     page.locator(".chart-card").nth(0).locator(".marker").first.hover()
     tip = page.wait_for_selector(".chart-tip.tip-marker:not([hidden])")
     assert "evadeOOM" in tip.inner_text() and move["to_type"] in tip.inner_text()

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from cp_server import Server, control_plane
+from waiting import wait_for_value
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -128,18 +129,23 @@ def test_job_lifecycle_migrate_suspend_resume_cancel_restart(cp: Server) -> None
     assert cp.post(f"/jobs/{job}/resume").status_code == 202
     j = cp.wait(job, {"Executing"})
     assert j["instance"]["type"] == "lc.small"
-    import time
-
-    time.sleep(1.0)
-    nums = counts(cp, job)
+    nums = wait_for_value(
+        lambda: counts(cp, job),
+        lambda nums: nums[-1] > before,
+        timeout=30,
+        what=f"the resumed job to count past {before}",
+    )
     assert nums == list(range(1, len(nums) + 1)) and nums[-1] > before
 
     # Samples are ingested asynchronously (about every second, not while an action runs):
     # on a loaded machine the first may come a few seconds after the resume.
-    deadline = time.monotonic() + 20
-    while not (m := cp.get(f"/jobs/{job}/metrics").json())["points"]:
-        assert time.monotonic() < deadline, "no metrics were recorded for the job"
-        time.sleep(0.2)
+    m = wait_for_value(
+        lambda: cp.get(f"/jobs/{job}/metrics").json(),
+        lambda m: m["points"],
+        timeout=20,
+        interval=0.2,
+        what="metrics to be recorded for the job",
+    )
     assert m["thresholds"]["mem_upper_ratio"] == 90
     assert {p["instance_id"] for p in m["points"]} <= {i["id"] for i in j["instances"]}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from cp_server import Server, control_plane, free_port
 from jupyter_ws import KernelSession, create_kernel
 from outgrow.agent.images import ImageCache
 from outgrow.domain.images import BUILTIN_IMAGES
+from waiting import wait_for_value
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -68,36 +68,35 @@ def test_local_jupyter_server_keeps_its_remote_kernel_across_a_move(
     )
     try:
         base = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if (
-                    httpx.get(
-                        base + "api/status",
-                        headers={"Authorization": "token local-token"},
-                        timeout=2,
-                    ).status_code
-                    == 200
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
+
+        def local_status() -> int:
             assert local.poll() is None, (tmp_path / "local-server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            return httpx.get(
+                base + "api/status", headers={"Authorization": "token local-token"}, timeout=2
+            ).status_code
+
+        wait_for_value(
+            local_status,
+            lambda code: code == 200,
+            timeout=60,
+            interval=0.2,
+            what=f"the local Jupyter server to answer at {base}",
+            ignore=(httpx.HTTPError,),
+            context=lambda: (tmp_path / "local-server.log").read_text()[-2000:],
+        )
         kid = create_kernel(base, "local-token")
         ks = KernelSession(base, "local-token", kid)
         assert ks.run("import os; y = 5; os.getpid()", timeout=60).error is None
 
         r = cp.post(f"/jobs/{job}/migrate", {"instance_type": "lc.large"})
         assert r.status_code == 202, r.text
-        deadline = time.monotonic() + 60
-        while True:
-            j = cp.get(f"/jobs/{job}").json()
-            if j["status"] == "Executing" and j["instance"]["id"] != first["id"]:
-                break
-            assert time.monotonic() < deadline, j["status"]
-            time.sleep(0.2)
+        j = wait_for_value(
+            lambda: cp.job(job),
+            lambda j: j["status"] == "Executing" and j["instance"]["id"] != first["id"],
+            timeout=60,
+            interval=0.2,
+            what=f"job {job} Executing on a new instance",
+        )
         assert j["instance"]["address"] != first["address"]
 
         out = ks.run("print(y * 2)", timeout=60)

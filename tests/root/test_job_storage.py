@@ -15,7 +15,6 @@ import os
 import random
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from typing import Any
 import pytest
 
 from cp_server import Server, control_plane
-from jupyter_ws import KernelSession, create_kernel
+from jupyter_ws import CellOutput, KernelSession, create_kernel
 from outgrow.agent.mounts import loop_devices, mounted_on
 from outgrow.errors import ProviderError
+from waiting import wait_for_value
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -51,14 +51,22 @@ def mount_source(path: Path) -> str | None:
 
 
 def wait_moved(cp: Server, job: str, n: int, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        j = cp.get(f"/jobs/{job}").json()
-        moves = [e for e in j["events"] if e["type"] == "migration"]
-        if len(moves) >= n and j["status"] == "Executing":
-            return j
-        assert time.monotonic() < deadline, (j["status"], j["status_reason"])
-        time.sleep(0.2)
+    return wait_for_value(
+        lambda: cp.job(job),
+        lambda j: (
+            j["status"] == "Executing"
+            and len([e for e in j["events"] if e["type"] == "migration"]) >= n
+        ),
+        timeout=timeout,
+        interval=0.2,
+        what=f"job {job} Executing after {n} migration(s)",
+    )
+
+
+def ticking(ks: KernelSession, msg: str) -> CellOutput:
+    """The TICKS cell's output once it has printed a few ticks (the move comes mid-cell);
+    read on with ``ks.collect(msg, ..., out=<this>)``."""
+    return ks.collect(msg, timeout=60, until=lambda out: "tick 3" in out.text)
 
 
 def start_notebook(cp: Server, name: str) -> tuple[str, dict[str, Any], KernelSession]:
@@ -96,13 +104,13 @@ def test_volume_follows_the_job_through_migrate_suspend_resume(vol_cp: Server) -
     assert len(loops_of(cp.plane.settings.data_dir)) == 1
 
     msg = ks.execute(TICKS)
-    time.sleep(0.5)
+    out = ticking(ks, msg)
     r = cp.post(f"/jobs/{job}/migrate", {"mem": 1})
     assert r.status_code == 202, r.text
     j = wait_moved(cp, job, 1)
     move = [e for e in j["events"] if e["type"] == "migration"][-1]
     assert move["data"]["timings"]["storage_s"] > 0, move
-    out = ks.collect(msg, timeout=60)
+    out = ks.collect(msg, timeout=60, out=out)
     assert [int(n) for n in re.findall(r"tick (\d+)", out.text)] == list(range(30))
     assert "DONE" in out.text
     check_state(ks, (4 << 20) + 1)
@@ -159,14 +167,18 @@ def test_a_failed_volume_move_restores_the_job_on_the_source(
 
     monkeypatch.setattr(cp.provider, "attach_job_storage", attach)
     assert cp.post(f"/jobs/{job}/migrate", {"mem": 1}).status_code == 202
-    deadline = time.monotonic() + 120
-    while True:
-        j = cp.get(f"/jobs/{job}").json()
-        errors = [e for e in j["events"] if e["type"] == "error" and "migration" in e["reason"]]
-        if errors and j["status"] == "Executing":
-            break
-        assert time.monotonic() < deadline, (j["status"], j["status_reason"])
-        time.sleep(0.2)
+
+    def migration_errors(j: dict[str, Any]) -> list[dict[str, Any]]:
+        return [e for e in j["events"] if e["type"] == "error" and "migration" in e["reason"]]
+
+    j = wait_for_value(
+        lambda: cp.job(job),
+        lambda j: j["status"] == "Executing" and migration_errors(j),
+        timeout=120,
+        interval=0.2,
+        what=f"job {job} Executing after a failed migration",
+    )
+    errors = migration_errors(j)
     assert "injected" in errors[-1]["reason"]
     assert j["instance"]["id"] == src
     monkeypatch.undo()
@@ -210,10 +222,10 @@ def test_s3_synced_directory_and_checkpoint(s3_cp: Server, moto_s3: Any) -> None
     assert s3_keys(moto_s3, job) == []  # nothing uploaded while the job runs in one place
 
     msg = ks.execute(TICKS)
-    time.sleep(0.5)
+    out = ticking(ks, msg)
     assert cp.post(f"/jobs/{job}/migrate", {"mem": 1}).status_code == 202
     j = wait_moved(cp, job, 1)
-    out = ks.collect(msg, timeout=60)
+    out = ks.collect(msg, timeout=60, out=out)
     assert [int(n) for n in re.findall(r"tick (\d+)", out.text)] == list(range(30))
     check_state(ks, (4 << 20) + 1)
     # The directory went through S3 on the way (workspace.tar + its manifest).

@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-import threading
-import time
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from outgrow.errors import MigrationError
 from outgrow.orchestrator.migrate import Migrator, agent, wait_job
 from outgrow.providers.base import InstanceInfo
 from outgrow.providers.local.provider import LocalProvider
+from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -75,12 +75,14 @@ def test_evade_oom_moves_a_running_cell_before_it_dies(local_provider: LocalProv
     msg_id = ks.execute(cell)
     # Like the stable-URL proxy will: drop our side before the move, keep the session id.
     ks.close()
-    deadline = time.monotonic() + 60
     with agent(src) as a:
-        while not a.job().oom_stalled:
-            assert time.monotonic() < deadline, "the kernel never stalled at its limit"
-            assert a.job().phase == "running"
-            time.sleep(0.05)
+
+        def oom_stalled() -> bool:
+            st = a.job()
+            assert st.phase == "running", st
+            return bool(st.oom_stalled)
+
+        wait_until(oom_stalled, timeout=60, what="the kernel to stall at its limit")
         stalled = a.metrics().now
     assert stalled.oom_kills == 0
 
@@ -154,7 +156,7 @@ def test_failed_migration_leaves_the_job_running_on_the_source(
 ) -> None:
     p = local_provider
     src, _body = start_job(p, "lc.micro", "python", script=COUNTER)
-    time.sleep(1)
+    wait_until(lambda: len(counter_lines(src)) >= 5, timeout=30, what="the job to count to 5")
     target = p.create_instance("lc.small")
 
     def kill_target(step: str) -> None:
@@ -165,11 +167,15 @@ def test_failed_migration_leaves_the_job_running_on_the_source(
         Migrator(p).migrate(src, target=target, reason="manual", on_step=kill_target)
     assert "keeps running on" in str(err.value) and src.id in str(err.value)
     before = counter_lines(src)[-1][0]
-    time.sleep(1.0)
+    lines = wait_for_value(
+        lambda: counter_lines(src),
+        lambda lines: lines[-1][0] >= before + 5,
+        timeout=30,
+        what=f"the counter to resume on the source (count past {before + 4})",
+    )
     with agent(src) as a:
         st = a.job()
     assert st.phase == "running" and not st.restored
-    lines = counter_lines(src)
     assert lines[-1][0] >= before + 5, "the counter did not resume on the source"
     assert [n for n, _ in lines] == list(range(1, len(lines) + 1))
     p.delete_instance(src.id)
@@ -178,12 +184,17 @@ def test_failed_migration_leaves_the_job_running_on_the_source(
 def test_batch_job_keeps_counting_across_a_migration(local_provider: LocalProvider) -> None:
     p = local_provider
     src, body = start_job(p, "lc.micro", "python", script=COUNTER)
-    time.sleep(1.5)
+    wait_until(lambda: len(counter_lines(src)) >= 10, timeout=30, what="the job to count to 10")
     r = Migrator(p).migrate(src, target_type="lc.small", reason="manual")
     dst = p.describe_instance(r.target_instance)
     assert dst is not None
-    time.sleep(1.5)
-    lines = counter_lines(dst)
+    moved_at = counter_lines(dst)[-1][0]
+    lines = wait_for_value(  # and on after the move
+        lambda: counter_lines(dst),
+        lambda lines: lines[-1][0] >= moved_at + 10,
+        timeout=30,
+        what=f"the job to count past {moved_at + 9} on the target",
+    )
     numbers = [n for n, _ in lines]
     # One process, never restarted: 1, 2, 3, ... with no gap, no repeat.
     assert numbers == list(range(1, len(numbers) + 1))
@@ -226,7 +237,7 @@ def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     import signal
 
     os.killpg(pid, signal.SIGKILL)
-    threading.Event().wait(0.3)
+    wait_until(lambda: _dead(pid), timeout=10, what=f"the killed agent (pid {pid}) to be gone")
     p.restart_agent(inst.id)
     with agent(inst) as a:
         st = a.job()
@@ -234,8 +245,11 @@ def test_agent_restart_readopts_its_job(local_provider: LocalProvider) -> None:
     # The restarted agent still knows the deadline (the watcher only relays earlier ones).
     assert st.reclaim_at == at and st.reclaim_source == "aws spot instance-action"
     n1 = counter_lines(inst)[-1][0]
-    time.sleep(0.5)
-    assert counter_lines(inst)[-1][0] > n1
+    wait_until(
+        lambda: counter_lines(inst)[-1][0] > n1,
+        timeout=30,
+        what=f"the re-adopted job to count past {n1}",
+    )
     p.delete_instance(inst.id)
 
 
@@ -296,14 +310,20 @@ def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: StartJ
     import socket
 
     peer = socket.create_connection((src.address, 8888), timeout=5)
-    deadline = time.monotonic() + 10
     with agent(src) as a:
-        while "accepted 1" not in a.logs("stdout").data:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: "accepted 1" in a.logs("stdout").data,
+            timeout=10,
+            what="the job to accept the first connection",
+        )
     peer.close()  # the job's end: CLOSE_WAIT
     pending = socket.create_connection((src.address, 8888), timeout=5)  # never accepted
-    time.sleep(0.3)
+    wait_until(
+        lambda: _cut_sockets_in_place(p, src),
+        timeout=10,
+        what="a CLOSE-WAIT socket and a backlogged connection on the job's port 8888",
+        context=lambda: _sockets_on_8888(p, src),
+    )
     r = Migrator(p).migrate(src, target_type="lc.small", reason="manual")
     dst = p.describe_instance(r.target_instance)
     assert dst is not None
@@ -311,11 +331,41 @@ def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: StartJ
     (p.jobs_dir / body.job_id / "workspace" / "go").touch()
     fresh = socket.create_connection((dst.address, 8888), timeout=5)
     fresh.sendall(b"hello")
-    deadline = time.monotonic() + 20
     with agent(dst) as a:
-        while "accepted 2 hello" not in (out := a.logs("stdout").data):
-            assert time.monotonic() < deadline, out[-500:]
-            time.sleep(0.05)
+        out = wait_for_value(
+            lambda: a.logs("stdout").data,
+            lambda out: "accepted 2 hello" in out,
+            timeout=20,
+            what="the job on the target to accept a fresh connection",
+        )
     ticks = [int(n) for n in re.findall(r"tick (\d+)", out)]
     assert ticks == list(range(1, len(ticks) + 1))  # one process, never restarted
     fresh.close()
+
+
+def _dead(pid: int) -> bool:
+    """The process is gone or a zombie (what LocalProvider.restart_agent checks)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _sockets_on_8888(p: LocalProvider, inst: InstanceInfo) -> str:
+    """``ss`` in the instance's network namespace: every TCP socket on port 8888."""
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{p.prefix}-{inst.id}", "ss", "-Htan", "sport = :8888"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def _cut_sockets_in_place(p: LocalProvider, inst: InstanceInfo) -> bool:
+    """The job's end of the closed connection is in CLOSE-WAIT and the pending one waits
+    in the listening socket's backlog (its Recv-Q)."""
+    rows = [ln.split() for ln in _sockets_on_8888(p, inst).splitlines()]
+    close_wait = any(r[0] == "CLOSE-WAIT" for r in rows)
+    backlog = any(r[0] == "LISTEN" and int(r[1]) >= 1 for r in rows)
+    return close_wait and backlog

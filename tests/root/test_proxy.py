@@ -32,6 +32,7 @@ from outgrow.providers.local.provider import LocalProvider
 from outgrow.proxy import StableUrlProxy
 from outgrow.server import create_app
 from outgrow.store import Store
+from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -42,7 +43,11 @@ def _bench() -> ModuleType:
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(path.parent))  # its sibling imports, as when run from there
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
     return mod
 
 
@@ -98,13 +103,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def wait_moved(env: Env, type_name: str, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = env.view()
-        if v.status == "Executing" and v.instance and v.instance.type == type_name:
-            return v
-        assert time.monotonic() < deadline, f"job is {v.status}: {v.status_reason}"
-        time.sleep(0.1)
+    return wait_for_value(
+        env.view,
+        lambda v: v.status == "Executing" and v.instance and v.instance.type == type_name,
+        timeout=timeout,
+        interval=0.1,
+        what=f"job {env.job_id} Executing on {type_name}",
+    )
 
 
 COUNTER = (
@@ -133,7 +138,7 @@ def test_websocket_stays_open_across_a_migration(env: Env) -> None:
             # Upstream closed for the checkpoint: these wait in the proxy, in order.
             queued = [ks.execute("z = 1"), ks.execute("z = z * 10 + 2; z")]
         now = time.monotonic()
-        if migrated_at is None and now - t0 > 3:
+        if migrated_at is None and "tick 30" in out.text:  # mid-cell
             env.plane.migrate(env.admin, env.job_id, instance_type="lc.large")
             migrated_at = now
         if migrated_at is not None and moved_at is None:
@@ -185,15 +190,20 @@ def test_http_is_held_during_a_migration_and_a_suspended_job_resumes(env: Env) -
     statuses = set()
     with ThreadPoolExecutor(16) as pool:
         futures = []
-        deadline = time.monotonic() + 180
-        while True:
+
+        def request_and_look() -> Any:
+            """One more GET through the proxy (every 50 ms while the job moves)."""
             v = env.view()
             statuses.add(v.status)
             futures.append(pool.submit(get))
-            if v.status == "Executing" and v.instance and v.instance.type == target:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            return v
+
+        wait_for_value(
+            request_and_look,
+            lambda v: v.status == "Executing" and v.instance and v.instance.type == target,
+            timeout=180,
+            what=f"job {env.job_id} Executing on {target}",
+        )
         for f in futures:
             f.result()
     codes = [c for c, _ in results]
@@ -334,16 +344,25 @@ class _FakePlane:
         return "Executing", "127.0.0.1", self.port, "the-jupyter-token"
 
 
-async def _slow_upstream(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    if scope["path"].endswith("/slow"):
-        await asyncio.sleep(1.0)
-    body = f"{scope['method']} {scope['path']}".encode()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body})
+class _SlowUpstream:
+    """A fake job server (ASGI) answering ``<method> <path>``; a ``…/slow`` request stays
+    in flight (counted in ``slow``) until the test sets ``release``."""
+
+    def __init__(self) -> None:
+        self.slow = 0
+        self.release = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"].endswith("/slow"):
+            self.slow += 1
+            await asyncio.to_thread(self.release.wait, 60)
+        body = f"{scope['method']} {scope['path']}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
 
 
 def test_requests_in_flight_at_a_checkpoint() -> None:
@@ -356,7 +375,8 @@ def test_requests_in_flight_at_a_checkpoint() -> None:
     proxy = StableUrlProxy(plane)  # type: ignore[arg-type]
     app = Starlette()
     app.add_middleware(ProxyRoute, proxy=proxy)
-    with bench.serve(_slow_upstream) as up, bench.serve(app) as url:
+    upstream = _SlowUpstream()
+    with bench.serve(upstream) as up, bench.serve(app) as url:
         plane.port = int(up.rsplit(":", 1)[1])
         base = f"{url}/jobs/jx/"
         c = httpx.Client(headers={"Authorization": "token good"}, timeout=60, trust_env=False)
@@ -364,12 +384,21 @@ def test_requests_in_flight_at_a_checkpoint() -> None:
         with ThreadPoolExecutor(8) as pool:
             get = pool.submit(c.get, base + "slow")
             post = pool.submit(c.post, base + "slow", content=b"data")
-            time.sleep(0.3)
+            wait_until(
+                lambda: upstream.slow == 2,
+                timeout=30,
+                what="both /slow requests in flight at the upstream",
+            )
             t = time.monotonic()
             proxy.before_checkpoint("jx")  # from this (non-loop) thread, like a worker
             assert time.monotonic() - t < 5
+            upstream.release.set()  # too late for the cut exchanges; the re-sent GET is fast
             held = [pool.submit(c.get, base + "fast") for _ in range(3)]
-            time.sleep(0.5)
+            wait_until(
+                lambda: proxy.jobs["jx"].waiting == 4,
+                timeout=30,
+                what="the re-sent GET /slow and the 3 new GETs held by the proxy",
+            )
             proxy.after_move("jx")
             r = get.result()
             assert r.status_code == 200 and r.text == "GET /jobs/jx/slow"  # sent again
@@ -381,7 +410,11 @@ def test_requests_in_flight_at_a_checkpoint() -> None:
             # At most hold_max (4) requests wait per job; the others are told to retry.
             proxy.before_checkpoint("jx")
             held = [pool.submit(c.get, base + "fast") for _ in range(6)]
-            time.sleep(0.5)
+            wait_until(
+                lambda: proxy.jobs["jx"].waiting == 4 and sum(f.done() for f in held) == 2,
+                timeout=30,
+                what="4 GETs held by the proxy and 2 answered at once",
+            )
             proxy.after_move("jx")
             answers = [f.result() for f in held]
         assert sorted(r.status_code for r in answers) == [200] * 4 + [503] * 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from outgrow.controlplane.images import Images
 from outgrow.controlplane.instances import Instances
 from outgrow.providers.local.provider import LocalProvider
 from outgrow.store import Store
+from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -29,7 +30,23 @@ COUNTER = (
 )
 
 
-def test_kill9_during_executing_and_floating(tmp_path: Path) -> None:
+def _live(j: dict[str, Any]) -> list[dict[str, Any]]:
+    return [i for i in j["instances"] if i["ended_at"] is None]
+
+
+# Where in a move (while Floating) the control plane is killed. Each run waits for the
+# moment itself; a random sleep after Floating (which, timed, always landed while the
+# target was being created) made the moment differ from run to run.
+MOVE_MOMENTS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "creating the target": lambda j: j["status"] == "Floating" and len(_live(j)) == 1,
+    "target recorded": lambda j: (
+        j["status"] == "Floating" and any(i["status"] == "starting" for i in _live(j))
+    ),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOVE_MOMENTS))
+def test_kill9_during_executing_and_floating(tmp_path: Path, moment: str) -> None:
     prefix = unique_prefix()
     srv = ServerProcess(tmp_path, prefix, free_port(), f"198.19.{random.randint(1, 250)}.0/24")
     srv.start()
@@ -42,13 +59,13 @@ def test_kill9_during_executing_and_floating(tmp_path: Path) -> None:
             return r.json()
 
         def wait(ref: str, st: set[str], timeout: float = 120) -> dict:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                j = job(ref)
-                if j["status"] in st:
-                    return j
-                time.sleep(0.1)
-            raise AssertionError(f"{ref}: {j['status']} {j['status_reason']}")
+            return wait_for_value(
+                lambda: job(ref),
+                lambda j: j["status"] in st,
+                timeout=timeout,
+                interval=0.1,
+                what=f"job {ref} to be {' or '.join(sorted(st))}",
+            )
 
         def counter(ref: str) -> list[int]:
             r = httpx.get(f"{srv.api}/jobs/{ref}/logs", headers=h, timeout=10)
@@ -71,36 +88,55 @@ def test_kill9_during_executing_and_floating(tmp_path: Path) -> None:
 
         # 1. kill -9 while Executing: the job goes on meanwhile, and is found again.
         srv.kill9()
-        time.sleep(1.0)
+        stdout = tmp_path / "jobs" / ref / "logs" / "stdout.log"  # what the API serves
+        down_at = len(stdout.read_text().split())
+        wait_until(
+            lambda: len(stdout.read_text().split()) >= down_at + 5,
+            timeout=30,
+            what="the job to print on while the control plane is down",
+        )
         srv.start()
         j = wait(ref, {"Executing"})
         assert j["instance"]["id"] == first
         n = counter(ref)
-        time.sleep(0.5)
-        m = counter(ref)
+        m = wait_for_value(
+            lambda: counter(ref),
+            lambda m: m[-1] > n[-1],
+            timeout=30,
+            what=f"the job to print past {n[-1]} after the restart",
+        )
         assert m[-1] > n[-1] and m == list(range(1, len(m) + 1))
 
         # 2. kill -9 in the middle of a move (while Floating).
         r = httpx.post(f"{srv.api}/jobs/{ref}/migrate", headers=h, json={"mem": 1}, timeout=10)
         assert r.status_code == 202
-        deadline = time.monotonic() + 30
-        while job(ref)["status"] != "Floating":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(random.choice([0.05, 0.4, 0.8]))
+        wait_for_value(
+            lambda: job(ref),
+            MOVE_MOMENTS[moment],
+            timeout=30,
+            interval=0.02,
+            what=f"the move of {ref} to reach the moment: {moment}",
+        )
         srv.kill9()
-        time.sleep(1.0)
         srv.start()
         j = wait(ref, {"Executing"})
         live = [i for i in j["instances"] if i["ended_at"] is None]
         assert len(live) == 1 and live[0]["id"] == j["instance"]["id"]
         provider = LocalProvider(make_settings(tmp_path, prefix))
         assert [i.id for i in provider.list_instances()] == [j["instance"]["id"]]
-        time.sleep(0.5)
-        m = counter(ref)
+        n = counter(ref)
+        m = wait_for_value(
+            lambda: counter(ref),
+            lambda m: m[-1] > n[-1],
+            timeout=30,
+            what=f"the job to print past {n[-1]} after the restart",
+        )
         assert m == list(range(1, len(m) + 1)), "the job was restarted or duplicated"
-        time.sleep(0.5)
-        assert counter(ref)[-1] > m[-1]
+        wait_until(
+            lambda: counter(ref)[-1] > m[-1],
+            timeout=30,
+            what=f"the job to run on (print past {m[-1]})",
+        )
         httpx.post(f"{srv.api}/jobs/{ref}/cancel", headers=h, timeout=10)
         wait(ref, {"Cancelled"})
     finally:
@@ -176,8 +212,11 @@ def test_kill9_after_the_source_stopped_in_a_volume_move(tmp_path: Path) -> None
         assert os.path.ismount(job_dir)
         m = _counter(srv, h, ref)
         assert m == list(range(1, len(m) + 1)), "the job was restarted or duplicated"
-        time.sleep(0.5)
-        assert _counter(srv, h, ref)[-1] > m[-1]  # and it runs on
+        wait_until(  # and it runs on
+            lambda: _counter(srv, h, ref)[-1] > m[-1],
+            timeout=30,
+            what=f"the restored job to run on (print past {m[-1]})",
+        )
         httpx.post(f"{srv.api}/jobs/{ref}/cancel", headers=h, timeout=10)
         _wait(srv, h, ref, {"Cancelled"})
         assert not os.path.ismount(job_dir)
@@ -188,13 +227,13 @@ def test_kill9_after_the_source_stopped_in_a_volume_move(tmp_path: Path) -> None
 
 
 def _wait(srv: ServerProcess, h: dict[str, str], ref: str, st: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        j: dict[str, Any] = httpx.get(f"{srv.api}/jobs/{ref}", headers=h, timeout=10).json()
-        if j["status"] in st:
-            return j
-        time.sleep(0.1)
-    raise AssertionError(f"{ref}: {j['status']} {j['status_reason']}")
+    return wait_for_value(
+        lambda: httpx.get(f"{srv.api}/jobs/{ref}", headers=h, timeout=10).json(),
+        lambda j: j["status"] in st,
+        timeout=120,
+        interval=0.1,
+        what=f"job {ref} to be {' or '.join(sorted(st))}",
+    )
 
 
 def _counter(srv: ServerProcess, h: dict[str, str], ref: str) -> list[int]:

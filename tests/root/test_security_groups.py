@@ -8,7 +8,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from outgrow.providers.local import firewall
 from outgrow.providers.local.network import NetnsInfo, new_instance_id
 from outgrow.providers.local.provider import LocalProvider
 from outgrow.store import JobRecord, Store
+from waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -130,10 +130,12 @@ def new_job(store: Store, spec: JobSpec) -> JobRecord:
 
 
 def wait_listening(inst: InstanceInfo, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not reachable(probe(inst.address, 9000, timeout=0.5)):
-        assert time.monotonic() < deadline, "the job server never listened on 9000"
-        time.sleep(0.2)
+    wait_until(
+        lambda: reachable(probe(inst.address, 9000, timeout=0.5)),
+        timeout=timeout,
+        interval=0.2,
+        what=f"the job server to listen on {inst.address}:9000",
+    )
 
 
 def test_security_group_follows_the_job(provider: LocalProvider) -> None:

@@ -17,10 +17,11 @@ import pytest
 from conftest import leftovers
 from fake_imds import ACTION, FakeImds
 from outgrow.agentapi.client import AgentClient
-from outgrow.agentapi.models import AgentPhase, ImageBody, StartJob
+from outgrow.agentapi.models import ImageBody, StartJob
 from outgrow.domain.images import BUILTIN_IMAGES
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.local.provider import LocalProvider
+from waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -58,12 +59,18 @@ def stop(proc: subprocess.Popen[str]) -> str:
 def wait_for(
     cond: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen[str]
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := cond()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{what} (spotwatch rc={proc.poll()}):\n{stop(proc)[-3000:]}")
-        time.sleep(0.1)
-    return got
+    """``cond()`` once truthy; fails at once if the watcher exits meanwhile."""
+
+    def check() -> Any:
+        got = cond()
+        if not got and proc.poll() is not None:
+            raise AssertionError(f"spotwatch exited (rc={proc.poll()}) before {what}")
+        return got
+
+    try:
+        return wait_until(check, timeout=timeout, interval=0.1, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nspotwatch stderr:\n{stop(proc)[-3000:]}") from None
 
 
 def test_spotwatch_relays_imds_signals_to_a_real_agent(
@@ -94,22 +101,22 @@ def test_spotwatch_relays_imds_signals_to_a_real_agent(
             # 1. No signal yet: the watcher polls (IMDSv2) and tells the agent nothing.
             w = spotwatch(imds, inst.agent_url, token_file)
             procs.append(w)
-            wait_for(lambda: len(imds.seen("GET", 404)) >= 6, 15, "no IMDS polls", w)
+            wait_for(lambda: len(imds.seen("GET", 404)) >= 6, 15, "6 IMDS polls", w)
             assert a.job().reclaim_at is None
 
             # 2. AWS decides to take the instance in 90 s.
             t0 = time.time()
             imds.set_instance_action("terminate", t0 + 90)
-            at = wait_for(lambda: a.job().reclaim_at, 5, "no reclaim deadline", w)
+            at = wait_for(lambda: a.job().reclaim_at, 5, "a reclaim deadline", w)
             assert at == pytest.approx(t0 + 90, abs=3)
             st = a.job()
-            assert st.phase == AgentPhase.RUNNING and st.job_id == "spotty"
+            assert st.phase == "running" and st.job_id == "spotty"
             assert st.reclaim_source == "aws spot instance-action"
             assert "reclaim notice (aws spot instance-action)" in log_file.read_text()
             assert a.health().instance_id == inst.id
             # Polled on with its one cached token; the same deadline is not posted again.
             n = len(imds.seen("GET"))
-            wait_for(lambda: len(imds.seen("GET")) >= n + 6, 10, "stopped polling", w)
+            wait_for(lambda: len(imds.seen("GET")) >= n + 6, 10, "6 more IMDS polls", w)
             assert a.job().reclaim_at == at
             assert log_file.read_text().count("reclaim notice (") == 1
             assert len(imds.seen("PUT")) == 1 and not imds.seen(status=401)
@@ -123,7 +130,7 @@ def test_spotwatch_relays_imds_signals_to_a_real_agent(
             w = spotwatch(imds, inst.agent_url, token_file, "--rebalance-lead-s", "30")
             procs.append(w)
             at2 = wait_for(
-                lambda: (v := a.job().reclaim_at) != at and v, 10, "no rebalance deadline", w
+                lambda: (v := a.job().reclaim_at) != at and v, 10, "a rebalance deadline", w
             )
             assert at2 == pytest.approx(time.time() + 30, abs=4)
             assert at2 < at
@@ -136,7 +143,7 @@ def test_spotwatch_relays_imds_signals_to_a_real_agent(
         w = spotwatch(imds, inst.agent_url, token_file, "--rebalance-lead-s", "1")
         procs.append(w)
         n = len(imds.seen("GET"))
-        wait_for(lambda: len(imds.seen("GET")) >= n + 6, 10, "stopped polling", w)
+        wait_for(lambda: len(imds.seen("GET")) >= n + 6, 10, "6 more IMDS polls", w)
         with AgentClient(inst.agent_url, inst.agent_token) as a:
             assert a.job().reclaim_at == at2
         err = stop(w)

@@ -376,7 +376,8 @@ def test_remove_with_processes_times_out_without_killing(fs: CgroupFS, root: Pat
 
 def test_freeze_waits_for_kernel_to_report_frozen(cg: Cgroup, cg_path: Path) -> None:
     def kernel() -> None:
-        time.sleep(0.15)
+        # The kernel reports "frozen" late: freeze() must not return before it does.
+        time.sleep(0.15)  # the sleep is what is tested: freeze() waits out this delay
         (cg_path / "cgroup.events").write_text("populated 1\nfrozen 1\n")
 
     thread = threading.Thread(target=kernel)
@@ -432,7 +433,7 @@ def test_oom_watch_notices_stall_within_100ms(cg: Cgroup, cg_path: Path) -> None
     stalled_at: list[float] = []
 
     def job() -> None:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the sleep is what is tested: the stall begins while wait() waits
         (cg_path / "memory.current").write_text(f"{256 * MIB}\n")
         stalled_at.append(time.monotonic())
 

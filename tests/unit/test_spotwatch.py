@@ -25,6 +25,7 @@ from outgrow.agentapi.client import AgentClient
 from outgrow.providers.aws import bootstrap
 from outgrow.providers.aws.bootstrap import Imds, imds_get, imds_url
 from outgrow.providers.aws.spotwatch import fetcher, main, watch
+from waiting import wait_until
 
 SPOT = "aws spot instance-action"
 REBAL = "aws rebalance recommendation"
@@ -159,7 +160,7 @@ def test_imdsv2_is_enforced(imds: FakeImds) -> None:
 def test_token_renewed_before_it_expires(imds: FakeImds) -> None:
     c = Imds(imds.url, ttl_s=1)
     assert c.get("meta-data/local-ipv4") == "10.0.0.12"
-    time.sleep(1.1)
+    time.sleep(1.1)  # the sleep is what is tested: the service's 1 s token TTL runs out
     assert c.get("meta-data/local-ipv4") == "10.0.0.12"
     puts = imds.seen("PUT")
     assert len(puts) == 2 and all(p.ttl == "1" for p in puts)
@@ -172,7 +173,7 @@ def test_token_refetched_once_on_401(imds: FakeImds) -> None:
     # (which honours the 1 s TTL) refuses it, and the client gets a new one once.
     c = Imds(imds.url, ttl_s=1, clock=lambda: 0.0)
     c.get("meta-data/local-ipv4")
-    time.sleep(1.1)
+    time.sleep(1.1)  # the sleep is what is tested: the service's 1 s token TTL runs out
     assert c.get("meta-data/local-ipv4") == "10.0.0.12"
     assert [(r.method, r.status) for r in imds.requests] == [
         ("PUT", 200),
@@ -315,13 +316,18 @@ def test_main_refuses_bad_flags(tmp_path: Path) -> None:
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            raise AssertionError(f"{what}; spotwatch rc={proc.returncode}:\n{err[-3000:]}")
-        time.sleep(0.05)
+    def check() -> bool:
+        got = cond()
+        if not got and proc.poll() is not None:
+            raise AssertionError(f"spotwatch exited (rc={proc.returncode}) before {what}")
+        return got
+
+    try:
+        wait_until(check, timeout=timeout, what=what)
+    except AssertionError as exc:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"{exc}; spotwatch rc={proc.returncode}:\n{err[-3000:]}") from None
 
 
 @pytest.mark.parametrize("via", ["flag", "env"])
@@ -341,12 +347,12 @@ def test_module_as_the_unit_runs_it(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        _wait(lambda: len(imds.seen("GET")) >= 4, 15, "no polls", proc)
+        _wait(lambda: len(imds.seen("GET")) >= 4, 15, "4 IMDS polls", proc)
         assert agent.bodies == []
         imds.set_instance_action("terminate", time.time() + 90)
-        _wait(lambda: bool(agent.bodies), 10, "no reclaim notice", proc)
+        _wait(lambda: bool(agent.bodies), 10, "a reclaim notice", proc)
         n = len(imds.seen("GET"))
-        _wait(lambda: len(imds.seen("GET")) >= n + 6, 10, "stopped polling", proc)
+        _wait(lambda: len(imds.seen("GET")) >= n + 6, 10, "6 more IMDS polls", proc)
         assert len(agent.bodies) == 1  # the same deadline is not posted again
         assert agent.bodies[0]["source"] == SPOT
         assert agent.bodies[0]["in_s"] == pytest.approx(90, abs=3)

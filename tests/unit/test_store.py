@@ -6,7 +6,6 @@ import hashlib
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from outgrow.errors import ConflictError, NotFoundError, ValidationError
 from outgrow.store import InstanceRecord, Store
 from outgrow.store.engine import alembic_config
 from outgrow.store.models import Base, Run
+from waiting import wait_until
 
 TABLES = {"users", "tokens", "images", "templates", "jobs", "runs", "instances", "events"}
 TABLES |= {"metrics"}
@@ -254,7 +254,12 @@ def test_user_for_token(store: Store, alice: int) -> None:
     assert user is not None and user.id == alice
     first = store.list_tokens(alice)[0].last_used_at
     assert first is not None and first.tzinfo is not None
-    time.sleep(0.01)
+    wait_until(
+        lambda: datetime.now(UTC) > first,
+        timeout=5,
+        interval=0.001,
+        what=f"the clock to pass the first use ({first})",
+    )
     assert store.user_for_token(secret) is not None
     second = store.list_tokens(alice)[0].last_used_at
     assert second is not None and second > first
