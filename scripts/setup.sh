@@ -8,9 +8,10 @@ log() { echo "[setup] $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "error: run as root (namespaces, cgroups and CRIU need it)"; exit 1; }
 
 # iproute2: netns/veth/bridge; nftables: security groups and CRIU's network lock;
-# util-linux: unshare/nsenter; chromium: the console's browser tests.
+# util-linux: unshare/nsenter; chromium: the console's browser tests; python3-seccomp: the
+# job sandbox's init (src/outgrow/agent/jobinit.py) loads its seccomp filter with it.
 PKGS="iproute2 nftables util-linux procps python3 python3-venv python3-dev build-essential
-ca-certificates chromium"
+ca-certificates chromium python3-seccomp"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     host_memory_reserve_gib: float = Field(
         2.0, description="Host memory kept free when placing local instances."
     )
+    job_pids_max: int = Field(
+        4096,
+        ge=64,
+        description="Most tasks (processes and threads) a job may have: a fork bomb stops "
+        "there, the host and the agent stay responsive.",
+    )
+    job_nofile: int = Field(
+        65536,
+        ge=256,
+        description="Open files per job process (RLIMIT_NOFILE; never above the host's).",
+    )
     oom_headroom_mib: int = Field(
         64, description="Extra memory granted to an OOM-stalled job so CRIU can dump it."
     )

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--criu", type=Path, required=True)
     p.add_argument("--token-file", type=Path, required=True)
     p.add_argument("--oom-headroom-mib", type=int, default=64)
+    p.add_argument("--job-nofile", type=int, default=65536, help="RLIMIT_NOFILE of the job")
     args = p.parse_args(argv)
 
     logging.basicConfig(
@@ -39,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from outgrow.agent import guard
     from outgrow.agent.server import create_app
     from outgrow.agent.service import Agent
     from outgrow.agent.state import AgentConfig
+    from outgrow.domain.security import PAGE_SERVER_PORTS
 
+    guard.apply(args.port, PAGE_SERVER_PORTS)  # before the first job can exist
     token = args.token_file.read_text().strip()
     agent = Agent(
         AgentConfig(
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             image_cache_dir=args.image_cache_dir,
             criu_path=args.criu,
             oom_headroom_bytes=args.oom_headroom_mib * 1024 * 1024,
+            job_nofile=args.job_nofile,
         )
     )
     agent.start_background()

@@ -268,6 +268,11 @@ class Cgroup(ABC):
     def set_cpu_quota(self, vcpus: float | None, period_us: int = 100_000) -> None: ...
 
     @abstractmethod
+    def set_pids_max(self, limit: int | None) -> None:
+        """At most ``limit`` tasks (processes and threads) in the tree (None: no limit), so a
+        fork bomb stops there. A host without the pids controller gets a warning, no limit."""
+
+    @abstractmethod
     def add_process(self, pid: int) -> None: ...
 
     @abstractmethod

@@ -33,7 +33,7 @@ from outgrow.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
 #: The v1 controllers a cgroup is made in, in this order.
-USED_CONTROLLERS = ("memory", "cpu", "cpuacct", "freezer")
+USED_CONTROLLERS = ("memory", "cpu", "cpuacct", "freezer", "pids")
 _FREEZE_POLL_S = 0.01
 _OOM_RECHECK_S = 0.25
 
@@ -172,6 +172,12 @@ class CgroupV1(Cgroup):
         cpu = self._dir("cpu")
         self._write(cpu / "cpu.cfs_period_us", period_us)
         self._write(cpu / "cpu.cfs_quota_us", -1 if quota is None else quota)
+
+    def set_pids_max(self, limit: int | None) -> None:
+        if "pids" not in self._mounts:
+            log.warning("cgroup %s: no v1 pids controller here: tasks are not limited", self.name)
+            return
+        self._write(self._dir("pids") / "pids.max", "max" if limit is None else limit)
 
     def cpu_stats(self) -> CpuStats:
         cpu = self._dir("cpu")

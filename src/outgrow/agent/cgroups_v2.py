@@ -8,6 +8,7 @@ enough for the agent to react (raise the limit, freeze, migrate).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import time
@@ -27,7 +28,9 @@ from outgrow.agent.cgroups_base import (
 )
 from outgrow.errors import RuntimeFailure
 
+log = logging.getLogger(__name__)
 CONTROLLERS = ("memory", "cpu")
+OPTIONAL_CONTROLLERS = ("pids",)  # enabled where the host offers it
 _FREEZE_POLL_MS = 10
 _OOM_POLL_S = 0.02
 
@@ -72,7 +75,9 @@ class CgroupV2(Cgroup):
     def _enable_controllers(self, parent: Path) -> None:
         control = parent / "cgroup.subtree_control"
         have = set(self._read(control).split())
-        missing = [c for c in CONTROLLERS if c not in have]
+        offered = set((self._read_optional(parent / "cgroup.controllers") or "").split())
+        wanted = [*CONTROLLERS, *(c for c in OPTIONAL_CONTROLLERS if c in offered)]
+        missing = [c for c in wanted if c not in have]
         if not missing:
             return
         self._write(
@@ -186,6 +191,13 @@ class CgroupV2(Cgroup):
     def set_cpu_quota(self, vcpus: float | None, period_us: int = 100_000) -> None:
         quota = self._quota_us(vcpus, period_us)
         self._write(self._file("cpu.max"), f"{'max' if quota is None else quota} {period_us}")
+
+    def set_pids_max(self, limit: int | None) -> None:
+        path = self._file("pids.max")
+        if not path.exists():
+            log.warning("cgroup %s: no pids controller here: tasks are not limited", self.name)
+            return
+        self._write(path, "max" if limit is None else limit)
 
     def cpu_stats(self) -> CpuStats:
         stat = parse_flat_keyed(self._read(self._file("cpu.stat")))

@@ -97,6 +97,7 @@ class Criu:
         netns_inode: int,
         freezer_path: str | None,
         page_server: tuple[str, int] | None = None,
+        extra: list[str] | None = None,
         timeout: float = 600,
     ) -> CriuRun:
         """Dump the tree rooted at ``pid`` and leave it stopped (the caller commits by
@@ -126,6 +127,7 @@ class Criu:
             args += ["--freeze-cgroup", freezer_path]
         if page_server:
             args += ["--page-server", "--address", page_server[0], "--port", str(page_server[1])]
+        args += extra or []  # the sandbox's external mounts
         return self._run(args, images_dir / "dump.log", "dump", timeout)
 
     def start_page_server(
@@ -177,6 +179,7 @@ class Criu:
         *,
         netns_path: str,
         cgroup_roots: list[str],
+        extra: list[str] | None = None,
         timeout: float = 600,
     ) -> tuple[int, CriuRun]:
         """Restore into the calling process's network namespace (the agent's instance)
@@ -203,6 +206,7 @@ class Criu:
             ]
             for root in cgroup_roots:
                 args += ["--cgroup-root", root]
+            args += extra or []  # the sandbox's --root and external mounts
             run = self._run(args, images_dir / "restore.log", "restore", timeout, pass_fds=(fd,))
         finally:
             os.close(fd)

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from outgrow.agent.checkpoint import images_size
 from outgrow.agent.core import AgentCore
 from outgrow.agent.netalias import borrowed_address
 from outgrow.agent.runtime import JobProcess, proc_start_ticks, signal_pids, wait_gone
+from outgrow.agent.sandbox import Sandbox, mounted_root
 from outgrow.agent.state import AgentJob
 from outgrow.agentapi.client import AgentClient
 from outgrow.agentapi.models import (
@@ -65,8 +67,11 @@ class Receive:
 class Moves:
     """The migration half of an agent (on the same core as its job lifecycle)."""
 
-    def __init__(self, agent: AgentCore):
+    def __init__(self, agent: AgentCore, prepare: Callable[[AgentJob], None]):
+        """``prepare(job)``: make what the job's root is made of (its image) present here
+        before a restore."""
         self.agent = agent
+        self.prepare = prepare
         self.cfg = agent.cfg
         self._receives: dict[str, Receive] = {}
         self._lock_table = f"og-move-{agent.cfg.instance_id}"
@@ -139,12 +144,14 @@ class Moves:
                 if req.target_url and req.page_server_port:
                     ps = (httpx.URL(req.target_url).host, req.page_server_port)
                 stats_before = a.cgroup.memory_stats()
+                sandbox = Sandbox.from_dict(job.sandbox) if job.sandbox else None
                 run = a.criu.dump(
                     job.process.init_pid,
                     ckpt,
                     netns_inode=a.netns_inode,
                     freezer_path=a.cgroup.freezer_path(),
                     page_server=ps,
+                    extra=sandbox.criu_dump_args() if sandbox else None,
                 )
                 local_bytes = images_size(ckpt)
                 t_x = time.monotonic()
@@ -298,17 +305,25 @@ class Moves:
             t0 = time.monotonic()
             received = images_size(images)
             a.cgroup.set_oom_stall(job.launch.evade_oom)
+            if job.sandbox is None:
+                raise CheckpointError("the checkpoint has no sandbox (made by an older agent)")
+            sandbox = Sandbox.from_dict(job.sandbox)
+            self.prepare(job)
             try:
                 source = images / "source-address"
-                with borrowed_address(
-                    self.cfg.netns_path,
-                    source.read_text().strip() if source.exists() else None,
-                    self.cfg.address,
+                with (
+                    mounted_root(sandbox, self.cfg.root_mount(job.job_id)) as root,
+                    borrowed_address(
+                        self.cfg.netns_path,
+                        source.read_text().strip() if source.exists() else None,
+                        self.cfg.address,
+                    ),
                 ):
                     pid, run = a.criu.restore(
                         images,
                         netns_path=self.cfg.netns_path,
                         cgroup_roots=a.cgroup.criu_cgroup_roots(),
+                        extra=sandbox.criu_restore_args(root),
                     )
                 ticks = proc_start_ticks(pid)
                 if ticks is None:

@@ -1,10 +1,11 @@
-"""Job runtime: start a job's process tree the way CRIU can move it.
+"""Job runtime: start a job's process tree, isolated, the way CRIU can move it.
 
-The tree runs in its own pid/uts/ipc namespaces, inside the instance's network namespace
-(inherited from the agent) and the instance's cgroup. Its init is a session leader inside
-the pid namespace, its stdio is opened inside, and it shares the host mount namespace
-(a private copy made CRIU fail). Everything the job holds open lives in its job directory,
-which has the same path on every instance, so a restored tree finds its files again.
+The tree runs in its own pid, mount, uts and ipc namespaces (the sandbox: agent/sandbox.py
+and agent/jobinit.py), inside the instance's network namespace (inherited from the agent)
+and the instance's cgroup, as an unprivileged uid of its own. Its init is a session leader
+inside the pid namespace and its stdio is opened inside (inherited descriptors break a
+dump). Everything the job holds open lives in its job directory, seen at ``/job`` inside,
+which moves with the job, so a restored tree finds its files again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from outgrow.agent.sandbox import (
+    INIT,
+    INIT_PYTHON,
+    JOB_DIR,
+    WORKSPACE,
+    Bind,
+    Sandbox,
+)
 from outgrow.domain.images import DEFAULT_JUPYTER_PORT, JUPYTER_KINDS, ImageKind
 from outgrow.errors import RuntimeFailure, ValidationError
 
@@ -28,9 +37,31 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True)
 class JobDirs:
-    """The per-job directory: identical path on every instance of the job."""
+    """The per-job directory: on the host (identical path on every instance of the job), or
+    as the job sees it (``JobDirs(Path(sandbox.JOB_DIR))``)."""
 
     root: Path
+
+    def inside(self) -> JobDirs:
+        return JobDirs(Path(JOB_DIR))
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def rootfs(self) -> Path:
+        """The job's own layer of its root file system (overlay upper + work dirs); hidden
+        from the job itself."""
+        return self.root / "rootfs"
+
+    @property
+    def upper(self) -> Path:
+        return self.rootfs / "upper"
+
+    @property
+    def overlay_work(self) -> Path:
+        return self.rootfs / "work"
 
     @property
     def workspace(self) -> Path:
@@ -76,16 +107,24 @@ class JobDirs:
     def user_script(self) -> Path:
         return self.state / "job-script"
 
-    def create(self) -> None:
+    def create(self, uid: int, gid: int) -> None:
+        """Make the directories; those the job writes are its uid's (the rest, and the
+        directory itself, stay root's)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in (self.upper, self.overlay_work):
+            d.mkdir(parents=True, exist_ok=True)
         for d in (
             self.workspace,
             self.logs,
             self.state,
+            self.root / "jupyter",
             self.jupyter_runtime,
             self.jupyter_data,
             self.ipython,
+            self.home,
         ):
             d.mkdir(parents=True, exist_ok=True)
+            os.chown(d, uid, gid)
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,8 @@ class JobLaunch:
     jupyter_token: str = ""
     base_url: str = "/"
     evade_oom: bool = True
+    uid: int = 0  # the job's own unprivileged uid (sandbox.job_uid), its gid the same
+    gid: int = 0
 
     @property
     def is_jupyter(self) -> bool:
@@ -127,7 +168,8 @@ class JobLaunch:
 
 
 def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
-    """The job's main command (run by the init shell, not exec'd, so the exit code is kept)."""
+    """The job's main command (run by the init shell, not exec'd, so the exit code is kept);
+    ``dirs`` as the job sees them."""
     bin_dir = Path(launch.python_bin_dir)
     if launch.is_jupyter:
         app = "lab" if launch.kind == "jupyter-lab" else "server"
@@ -137,14 +179,13 @@ def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
             "--ip=0.0.0.0",
             f"--port={launch.port}",
             "--no-browser",
-            "--allow-root",
             f"--ServerApp.token={launch.jupyter_token}",
             f"--ServerApp.base_url={launch.base_url}",
-            f"--ServerApp.root_dir={dirs.workspace}",
+            f"--ServerApp.root_dir={WORKSPACE}",
             "--ServerApp.allow_remote_access=True",
             "--ServerApp.port_retries=0",
-            # Terminals hold host pseudo-terminals, which CRIU cannot move between instances.
-            "--ServerApp.terminals_enabled=False",
+            # Terminals are the job's own (its devpts instance moves with it).
+            "--ServerApp.terminals_enabled=True",
             # Keep the notary DB in memory: no SQLite file held open outside the job dir.
             "--NotebookNotary.db_file=:memory:",
         ]
@@ -154,12 +195,23 @@ def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
 
 
 def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
+    """The job's environment (``dirs`` as the job sees them), under outgrow's names and the
+    names float (MMCloud) job scripts use."""
     env = {
         "PATH": f"{launch.python_bin_dir}:{SYSTEM_PATH}",
-        "HOME": str(dirs.root),
+        "HOME": str(dirs.home),
+        "USER": "job",
+        # Terminals run it. bash, not dash: dash keeps /dev/tty open beside the pty, which
+        # CRIU refuses to dump ("ctty inheritance").
+        "SHELL": "/bin/bash",
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "OUTGROW_JOB_ID": launch.job_id,
+        "OUTGROW_JOB_DIR": str(dirs.root),
+        "OUTGROW_WORKSPACE": WORKSPACE,
+        "OUTGROW_LOG_PATH": str(dirs.logs),
+        "FLOAT_JOB_ID": launch.job_id,
+        "FLOAT_LOG_PATH": str(dirs.logs),
         "JUPYTER_RUNTIME_DIR": str(dirs.jupyter_runtime),
         "JUPYTER_DATA_DIR": str(dirs.jupyter_data),
         "JUPYTER_CONFIG_DIR": str(dirs.root / "jupyter" / "config"),
@@ -171,23 +223,25 @@ def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
 
 
 def write_run_script(launch: JobLaunch, dirs: JobDirs) -> Path:
-    """The init script of the pid namespace. It re-opens stdio *inside* (inherited
-    descriptors from outside break the dump), runs the job and records its exit code."""
-    dirs.create()
+    """The job's init script (in the host's job directory, written for the job's view of
+    it). It re-opens stdio *inside* (inherited descriptors from outside break the dump),
+    runs the job and records its exit code."""
+    dirs.create(launch.uid, launch.gid)
+    inner = dirs.inside()
     if launch.kind == "python" or launch.script.strip():
         dirs.user_script.write_text(launch.script)
         dirs.user_script.chmod(0o755)
     env_lines = "\n".join(
-        f"export {k}={shlex.quote(v)}" for k, v in sorted(job_env(launch, dirs).items())
+        f"export {k}={shlex.quote(v)}" for k, v in sorted(job_env(launch, inner).items())
     )
-    cmd = shlex.join(job_command(launch, dirs))
+    cmd = shlex.join(job_command(launch, inner))
     text = f"""# generated by the outgrow agent for job {launch.job_id}
-exec </dev/null >>{shlex.quote(str(dirs.stdout))} 2>>{shlex.quote(str(dirs.stderr))}
+exec </dev/null >>{shlex.quote(str(inner.stdout))} 2>>{shlex.quote(str(inner.stderr))}
 {env_lines}
-cd {shlex.quote(str(dirs.workspace))}
-rm -f {shlex.quote(str(dirs.exit_code_file))}
+cd {WORKSPACE}
+rm -f {shlex.quote(str(inner.exit_code_file))}
 {cmd}
-echo $? > {shlex.quote(str(dirs.exit_code_file))}
+echo $? > {shlex.quote(str(inner.exit_code_file))}
 """
     dirs.run_script.write_text(text)
     return dirs.run_script
@@ -245,20 +299,74 @@ def ns_init_pid(outer_pid: int, timeout: float = 5.0) -> int:
     raise RuntimeFailure("the job did not start within 5 s")
 
 
+def sandbox_for(
+    launch: JobLaunch,
+    dirs: JobDirs,
+    *,
+    root: Path,
+    lower: list[Path],
+    binds: list[Bind],
+    nofile: int,
+) -> Sandbox:
+    """The sandbox of ``launch``: its root (``lower`` under the job's own layer, mounted at
+    ``root``), the host's read-only ``binds``, its job directory at /job and /workspace."""
+    inner = dirs.inside()
+    return Sandbox(
+        root=str(root),
+        lower=tuple(str(p) for p in lower),
+        upper=str(dirs.upper),
+        work=str(dirs.overlay_work),
+        binds=(
+            *binds,
+            Bind(str(dirs.root), JOB_DIR, ro=False),
+            Bind(str(dirs.workspace), WORKSPACE, ro=False),
+        ),
+        hide=(str(inner.rootfs),),
+        uid=launch.uid,
+        gid=launch.gid,
+        argv=("/bin/sh", str(inner.run_script)),
+        env={"PATH": SYSTEM_PATH},
+        hostname=f"job-{launch.job_id}"[:63],
+        nofile=nofile,
+    )
+
+
 def launch_job(
-    launch: JobLaunch, dirs: JobDirs, add_to_cgroup: Callable[[int], None]
+    launch: JobLaunch,
+    dirs: JobDirs,
+    sandbox: Sandbox,
+    spec_path: Path,
+    add_to_cgroup: Callable[[int], None],
 ) -> JobProcess:
-    """Start the job tree. ``add_to_cgroup(pid)`` places the starter in the instance cgroup
-    before it execs the job, so every process of the job is confined from the first byte."""
+    """Start the job tree in its sandbox. ``add_to_cgroup(pid)`` places the starter in the
+    instance cgroup before it execs the job's init, so every process of the job is confined
+    from the first byte. ``spec_path``: where the sandbox spec is written for the init (a
+    place of the agent's, out of the job's sight)."""
     launch.validate()
-    script = write_run_script(launch, dirs)
+    write_run_script(launch, dirs)
+    Path(sandbox.root).mkdir(parents=True, exist_ok=True)
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(sandbox.to_dict()))
+    spec_path.chmod(0o600)
     # The starter waits on stdin until it is in the cgroup, then becomes `unshare`, whose
-    # child (pid 1 of the new pid namespace) is a session leader running the init script.
+    # child (pid 1 of the new namespaces) is the sandbox's init, which execs the job.
     argv = [
         "/bin/sh",
         "-c",
-        'read _go && exec unshare --fork --pid --uts --ipc setsid /bin/sh "$0"',
-        str(script),
+        'read _go && exec "$@"',
+        "sh",
+        "unshare",
+        "--fork",
+        "--pid",
+        "--mount",
+        "--uts",
+        "--ipc",
+        "--propagation",
+        "private",
+        INIT_PYTHON,
+        "-I",
+        str(INIT),
+        str(spec_path),
     ]
     try:
         starter = subprocess.Popen(
@@ -268,7 +376,7 @@ def launch_job(
             stderr=open(dirs.logs / "starter.log", "ab"),  # noqa: SIM115 - handed to the child
             close_fds=True,
             start_new_session=True,
-            cwd=str(dirs.root),
+            cwd="/",
         )
     except OSError as exc:
         raise RuntimeFailure("could not start the job", detail=str(exc)) from exc
@@ -284,7 +392,7 @@ def launch_job(
         raise
     ticks = proc_start_ticks(init)
     if ticks is None:
-        raise RuntimeFailure("the job exited at once; see its stderr log")
+        raise RuntimeFailure("the job exited at once; see its starter log")
     return JobProcess(
         job_id=launch.job_id, init_pid=init, start_ticks=ticks, started_at=time.time()
     )

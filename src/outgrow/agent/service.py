@@ -21,7 +21,8 @@ from outgrow.agent.images import ImageCache
 from outgrow.agent.jobstorage import mount_job_dir, release_job_dir
 from outgrow.agent.metrics import Sampler, watch_oom
 from outgrow.agent.moves import Moves
-from outgrow.agent.runtime import JobLaunch, launch_job, stop_tree
+from outgrow.agent.runtime import JobLaunch, launch_job, sandbox_for, stop_tree
+from outgrow.agent.sandbox import ensure_skeleton, job_uid, prepare_upper, venv_binds
 from outgrow.agent.state import AgentConfig, AgentJob, save_reclaim
 from outgrow.agentapi.models import (
     AgentPhase,
@@ -66,7 +67,7 @@ class Agent:
         self.cfg = cfg
         self.core = AgentCore(cfg)
         self.images = ImageCache(cfg.image_cache_dir)
-        self.moves = Moves(self.core)
+        self.moves = Moves(self.core, self._prepare_lower)
         self.sampler = Sampler(self.core.cgroup, cfg.sample_interval)
         self._stop = threading.Event()
 
@@ -135,13 +136,31 @@ class Agent:
         assert job is not None
         try:
             built = self.images.ensure(image, progress=self._progress)
-            launch = replace(launch, python_bin_dir=str(built.bin_dir))
+            skeleton = ensure_skeleton(self.cfg.image_cache_dir)
+            uid = job_uid(launch.job_id)
+            launch = replace(launch, python_bin_dir=str(built.bin_dir), uid=uid, gid=uid)
+            dirs = core.dirs_for(launch.job_id)
+            sandbox = sandbox_for(
+                launch,
+                dirs,
+                root=self.cfg.root_mount(launch.job_id),
+                lower=[skeleton],
+                binds=venv_binds(built.path / "venv"),
+                nofile=self.cfg.job_nofile,
+            )
+            dirs.create(uid, uid)
+            prepare_upper(dirs.upper, [skeleton], uid, uid, sandbox.hostname)
             core.cgroup.set_oom_stall(launch.evade_oom)
             with core.lock:
                 job.launch = launch
+                job.sandbox = sandbox.to_dict()
                 job.phase = AgentPhase.STARTING
                 job.process = launch_job(
-                    launch, core.dirs_for(launch.job_id), core.cgroup.add_process
+                    launch,
+                    dirs,
+                    sandbox,
+                    self.cfg.sandbox_spec(launch.job_id),
+                    core.cgroup.add_process,
                 )
                 core.save()
             if launch.is_jupyter:
@@ -155,6 +174,12 @@ class Agent:
             with core.lock:
                 job.phase, job.message = AgentPhase.FAILED, str(exc)
                 core.save()
+
+    def _prepare_lower(self, job: AgentJob) -> None:
+        """What a restored job's root is made of, present on this instance (built once per
+        host: a no-op where the image cache is shared)."""
+        self.images.ensure(ImageSpec.from_dict(job.image))
+        ensure_skeleton(self.cfg.image_cache_dir)
 
     def _progress(self, line: str) -> None:
         self.core.image_progress.append(line)

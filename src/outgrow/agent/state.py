@@ -32,6 +32,7 @@ class AgentConfig:
     criu_path: Path
     oom_headroom_bytes: int = 64 * MIB
     sample_interval: float = 1.0
+    job_nofile: int = 65536  # open files per job process (RLIMIT_NOFILE)
 
     @property
     def state_file(self) -> Path:
@@ -40,6 +41,15 @@ class AgentConfig:
     @property
     def reclaim_file(self) -> Path:
         return self.work_dir / "reclaim.json"
+
+    def root_mount(self, job_id: str) -> Path:
+        """Where a job's root is mounted (in its own namespace at start, in ours while it
+        is restored)."""
+        return self.work_dir / "roots" / job_id
+
+    def sandbox_spec(self, job_id: str) -> Path:
+        """The sandbox spec handed to the job's init: the agent's, out of the job's sight."""
+        return self.work_dir / "sandbox" / f"{job_id}.json"
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -60,6 +70,7 @@ class AgentJob:
     exit_code: int | None = None
     oom_stalled_at: float | None = None
     restored: bool = False
+    sandbox: dict[str, Any] | None = None  # agent.sandbox.Sandbox: what a restore re-creates
 
     @property
     def job_id(self) -> str:
@@ -83,6 +94,7 @@ class AgentJob:
             exit_code=d.get("exit_code"),
             oom_stalled_at=d.get("oom_stalled_at"),
             restored=d.get("restored", False),
+            sandbox=d.get("sandbox"),
         )
 
 

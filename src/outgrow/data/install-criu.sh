@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install CRIU >= 4.2 under a project-owned prefix, as docs/design.md says:
+# Install CRIU 4.2.1 under a project-owned prefix, as docs/design.md says:
 # Debian bookworm's criu 3.17 fails on current kernels and 4.1.1 fails on INET sockets,
 # so we build the 4.2.1 upstream tarball fetched (hash-checked) by `apt-get source`
-# from Debian sid, using the machine's own Debian mirror.
-# Idempotent: exits at once when a usable criu (>= 4.2, `criu check` passes) exists.
+# from Debian sid, using the machine's own Debian mirror, with outgrow's small patches
+# (criu-patches/*.patch beside this script, each explaining itself).
+# Idempotent: exits at once when this exact build (version + patches) is installed and
+# `criu check` passes. A system criu is not used: it lacks the patches.
 set -euo pipefail
 
 PREFIX=${OUTGROW_CRIU_PREFIX:-/opt/outgrow/criu}
@@ -11,9 +13,16 @@ WANT_VERSION=4.2.1
 WANT_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
 BUILD_DEPS="build-essential libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
 python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev
-pkg-config uuid-dev xz-utils dpkg-dev"
+pkg-config uuid-dev xz-utils dpkg-dev patch"
 
 log() { echo "[criu] $*" >&2; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+patches=$(ls "$here"/criu-patches/*.patch 2>/dev/null | sort || true)
+# What this build is: the version and every patch's content.
+# shellcheck disable=SC2086
+want_stamp=$( { echo "$WANT_VERSION"; [ -z "$patches" ] || cat $patches; } | sha256sum | cut -c1-16)
+stamp_file="$PREFIX/share/outgrow-criu.stamp"
 
 usable() {  # usable BINARY -> 0 when version >= 4.2 and `criu check` passes
     local bin=$1 ver
@@ -24,14 +33,8 @@ usable() {  # usable BINARY -> 0 when version >= 4.2 and `criu check` passes
     "$bin" check >/dev/null 2>&1 || return 1
 }
 
-if usable "$PREFIX/sbin/criu"; then
-    log "ok: $PREFIX/sbin/criu $("$PREFIX/sbin/criu" --version | awk '/^Version:/{print $2}')"
-    exit 0
-fi
-if sys=$(command -v criu) && usable "$sys"; then
-    mkdir -p "$PREFIX/sbin"
-    ln -sf "$sys" "$PREFIX/sbin/criu"
-    log "ok: using system $sys"
+if [ "$(cat "$stamp_file" 2>/dev/null)" = "$want_stamp" ] && usable "$PREFIX/sbin/criu"; then
+    log "ok: $PREFIX/sbin/criu $("$PREFIX/sbin/criu" --version | awk '/^Version:/{print $2}') ($want_stamp)"
     exit 0
 fi
 
@@ -72,8 +75,14 @@ if [ "$got" != "$WANT_SHA256" ]; then
 fi
 tar -C "$work" -xf "$tarball"
 src=$(find "$work" -maxdepth 1 -type d -name 'criu-*' | head -1)
+for p in $patches; do
+    log "applying $(basename "$p")"
+    patch -d "$src" -p1 --quiet --forward < "$p" || { log "error: $(basename "$p") does not apply"; exit 1; }
+done
 make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; exit 1; }
-mkdir -p "$PREFIX/sbin"
-install -m 0755 "$src/criu/criu" "$PREFIX/sbin/criu"
+mkdir -p "$PREFIX/sbin" "$PREFIX/share"
+install -m 0755 "$src/criu/criu" "$PREFIX/sbin/criu.new"
+mv -f "$PREFIX/sbin/criu.new" "$PREFIX/sbin/criu"  # atomic: a running dump keeps its binary
 usable "$PREFIX/sbin/criu" || { "$PREFIX/sbin/criu" check >&2 || true; log "error: built criu fails 'criu check'"; exit 1; }
-log "ok: installed $PREFIX/sbin/criu ($WANT_VERSION)"
+echo "$want_stamp" > "$stamp_file"
+log "ok: installed $PREFIX/sbin/criu ($WANT_VERSION, $want_stamp)"

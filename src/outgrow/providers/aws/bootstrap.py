@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cgroup", required=True, help="the job cgroup the agent uses")
     p.add_argument("--env-file", type=Path, required=True)
     p.add_argument("--memory-reserve-mib", type=int, default=768)
+    p.add_argument("--pids-max", type=int, default=4096, help="most tasks of the job")
     p.add_argument(
         "--imds-url",
         default=None,
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     cg.set_memory_limit(
         memory_limit_bytes(Path("/proc/meminfo").read_text(), args.memory_reserve_mib)
     )
+    cg.set_pids_max(args.pids_max)
     print(f"outgrow bootstrap: address {address}, cgroup {args.cgroup}", file=sys.stderr)
     return 0
 

@@ -23,7 +23,7 @@ from outgrow import __version__
 from outgrow.domain.instance_types import InstanceType
 from outgrow.domain.security import SecurityGroup
 from outgrow.errors import ConfigError
-from outgrow.providers.aws.criu_script import INSTALL_CRIU_SH
+from outgrow.providers.aws.criu_script import CRIU_PATCHES, INSTALL_CRIU_SH
 from outgrow.providers.aws.settings import AwsSettings
 from outgrow.providers.aws.tags import tag_spec
 from outgrow.providers.aws.userdata import AgentInstall, UserDataSpec, render
@@ -113,6 +113,7 @@ def user_data(
             cgroup=f"{settings.resource_prefix}-{instance_id}",
             install=install,
             install_criu_sh=INSTALL_CRIU_SH,
+            criu_patches=CRIU_PATCHES,
             agent_port=aws.agent_port,
             memory_reserve_mib=aws.memory_reserve_mib,
             oom_headroom_mib=settings.oom_headroom_mib,

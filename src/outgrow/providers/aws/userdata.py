@@ -37,6 +37,7 @@ TOKEN_FILE = "/etc/outgrow/agent.token"
 ENV_FILE = "/run/outgrow/agent.env"
 REDIRECT_FILE = "/etc/outgrow/redirect.nft"
 CRIU_SCRIPT = "/opt/outgrow/install-criu.sh"
+CRIU_PATCH_DIR = "/opt/outgrow/criu-patches"  # install-criu.sh applies what is beside it
 CRIU_PREFIX = "/opt/outgrow/criu"
 CRIU = f"{CRIU_PREFIX}/sbin/criu"
 JOBS_DIR = "/var/lib/outgrow/jobs"
@@ -55,6 +56,7 @@ PACKAGES = (
     "nftables",
     "iproute2",
     "util-linux",
+    "python3-seccomp",  # the job sandbox's init (agent/jobinit.py) loads its seccomp filter
 )
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$")
@@ -99,6 +101,7 @@ class UserDataSpec:
     cgroup: str
     install: AgentInstall
     install_criu_sh: str
+    criu_patches: tuple[tuple[str, str], ...] = ()  # (name, content), beside the script
     agent_port: int = 7070
     memory_reserve_mib: int = 768
     oom_headroom_mib: int = 64
@@ -286,6 +289,15 @@ def render(spec: UserDataSpec) -> str:
             "permissions": "0755",
             "content": spec.install_criu_sh,
         },
+        *(
+            {
+                "path": f"{CRIU_PATCH_DIR}/{name}",
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": content,
+            }
+            for name, content in spec.criu_patches
+        ),
         {
             "path": UNIT_PATH,
             "owner": "root:root",

@@ -178,6 +178,7 @@ class LocalProvider(Provider):
             cg.create()
             cg.set_memory_limit(itype.memory_bytes)
             cg.set_cpu_quota(itype.vcpus)
+            cg.set_pids_max(self.settings.job_pids_max)
             rec = {
                 "id": iid,
                 "type": itype.name,
@@ -268,6 +269,8 @@ class LocalProvider(Provider):
             str(d / "agent.token"),
             "--oom-headroom-mib",
             str(self.settings.oom_headroom_mib),
+            "--job-nofile",
+            str(self.settings.job_nofile),
         ]
         with open(d / "agent.log", "ab") as logf:
             # A session of its own: the agent outlives a control plane that is killed.
