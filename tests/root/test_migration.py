@@ -202,7 +202,12 @@ def test_batch_job_keeps_counting_across_a_migration(local_provider: LocalProvid
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(lines)]
     assert max(gaps) < 0.1 + r.downtime_s + 1.0
     counter = Path(p.jobs_dir / body.job_id / "workspace" / "counter")
-    assert int(counter.read_text()) >= numbers[-1]
+
+    def counted() -> int:  # the job rewrites the file every tick: it may be caught empty
+        text = counter.read_text().strip()
+        return int(text) if text else 0
+
+    wait_until(lambda: counted() >= numbers[-1], timeout=10, what="the counter file to follow")
     with agent(dst) as a:
         assert a.job().phase == "running" and a.job().restored
     p.delete_instance(dst.id)
