@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         "like an EBS volume) or 's3' (a tar in S3, bucket OUTGROW_AWS_S3_BUCKET, needs "
         "outgrow[aws]). volume and s3 exist to exercise the cloud paths on one host.",
     )
+    local_job_quota_gib: float = Field(
+        10.0,
+        ge=0,
+        description="Disk quota of each job's directory in local 'shared' job storage: the "
+        "directory is a sparse ext4 image of this size mounted on this host (0: no quota, "
+        "a plain directory). What the job writes to its root counts too.",
+    )
     local_volume_gib: float = Field(
         4.0,
         gt=0,

@@ -5,6 +5,7 @@ inside a batch job and a Jupyter kernel, before and after a live move and a susp
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -295,3 +296,49 @@ def test_a_fork_bomb_stops_at_the_pids_limit(local_provider: LocalProvider) -> N
     assert time.monotonic() - t0 < 5
     assert httpx.get(f"{inst.agent_url}/v1/health", timeout=5).status_code == 200
     p.delete_instance(inst.id)
+
+
+def test_disk_fill_stops_at_the_jobs_quota(tmp_path: Path) -> None:
+    """The job's directory (and its root's own layer) is a size-limited volume: a job that
+    writes without end gets ENOSPC there, the host's disk is untouched."""
+    from conftest import leftovers, make_settings, unique_prefix
+
+    prefix = unique_prefix()
+    p = LocalProvider(make_settings(tmp_path, prefix, local_job_quota_gib=0.25))
+    try:
+        filler = (
+            "import errno, os\n"
+            "n = 0\n"
+            "try:\n"
+            "    with open('/workspace/fill', 'wb') as f:\n"
+            "        while True:\n"
+            "            f.write(b'x' * (1 << 20)); f.flush(); os.fsync(f.fileno()); n += 1\n"
+            "except OSError as exc:\n"
+            "    print('FULL', n, errno.errorcode[exc.errno], flush=True)\n"
+            "try:\n"
+            "    open('/etc/fill', 'wb').write(b'x' * (1 << 20))\n"
+            "    print('ROOT-WRITE ok', flush=True)\n"
+            "except OSError as exc:\n"
+            "    print('ROOT-WRITE', errno.errorcode[exc.errno], flush=True)\n"
+        )
+        image = BUILTIN_IMAGES["python"]
+        p.prepare_image(image)
+        inst = p.create_instance("lc.nano")
+        job_id = "j" + secrets.token_hex(4)
+        p.attach_job_storage(job_id, inst)  # what the control plane does before a start
+        body = StartJob(job_id=job_id, kind="python", image=ImageBody.of(image), script=filler)
+        with agent(inst) as a:
+            a.start_job(body)
+        stdout = p.jobs_dir / job_id / "logs" / "stdout.log"
+        wait_until(lambda: "ROOT-WRITE" in text_of(stdout), timeout=120, what="the disk to fill")
+        full = text_of(stdout).split("FULL")[1].split()
+        assert full[1] in ("ENOSPC", "EDQUOT"), full
+        assert int(full[0]) < 256, full  # MiB: stopped at the quota
+        assert "ROOT-WRITE EACCES" in text_of(stdout)  # the image root is not the job's
+        p.delete_instance(inst.id)
+        p.delete_job_storage(job_id)  # the job ended: the volume goes, the logs stay
+        assert "FULL" in text_of(stdout)
+        assert not os.path.ismount(p.jobs_dir / job_id)
+    finally:
+        p.teardown()
+    assert leftovers(prefix, str(tmp_path)) == []

@@ -444,6 +444,7 @@ class LocalProvider(Provider):
     def teardown(self) -> list[str]:
         """Remove every instance and the host bridge (tests and `outgrow cleanup --all`)."""
         removed = self.cleanup()
+        removed += self.job_storage.release_loops(keep=None)  # the jobs' directories too
         self.net.teardown()
         return removed
 

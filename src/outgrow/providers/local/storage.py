@@ -1,6 +1,10 @@
 """Job storage of the local provider: how a job's directory gets to a local instance.
 
 * ``shared``: every instance of this host sees ``<data_dir>/jobs/<job>``; nothing moves.
+  With a quota (``OUTGROW_LOCAL_JOB_QUOTA_GIB``, the default) that directory is a sparse
+  ext4 image ``<data_dir>/volumes/<job>.img`` loop-mounted on the host from the job's first
+  start until it ends, so one job cannot fill the host's disk; when it ends, its logs are
+  kept in the plain directory left behind.
 * ``volume``: the local stand-in for EBS. Each job has a sparse image file
   ``<data_dir>/volumes/<job>.img`` attached as a loop device to one instance at a time
   (recorded in ``<job>.json``); the agent formats and mounts it
@@ -33,6 +37,7 @@ from outgrow.transfer.s3 import CheckpointStore, Kind, delete_url, url_of
 log = logging.getLogger("outgrow.provider.local")
 MIB = 1024 * 1024
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+QUOTA = "host"  # the record's "instance" of a quota'd shared directory: mounted on the host
 
 
 class LocalJobStorage:
@@ -41,6 +46,8 @@ class LocalJobStorage:
         # resolved: the kernel reports loop backing files by their real path
         self.volumes = settings.data_dir.resolve() / "volumes"
         self.volume_bytes = -(-int(settings.local_volume_gib * GIB) // MIB) * MIB
+        self.quota_bytes = -(-int(settings.local_job_quota_gib * GIB) // MIB) * MIB
+        self.jobs_dir = settings.data_dir / "jobs"
         self._instance_exists = instance_exists
         self._s3: CheckpointStore | None = None
         if self.mode == "s3":
@@ -60,15 +67,12 @@ class LocalJobStorage:
         if self.mode == "s3":
             return JobStorage(StorageKind.S3, url=self._url("jobdir", job_id, "workspace"))
         if self.mode != "volume":
+            if self.quota_bytes:
+                self._mount_quota(job_id)
             return JobStorage()
         img = self._img(job_id)
         with self._locked():
-            if not img.exists():  # sparse: takes space only as it is written
-                fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.ftruncate(fd, self.volume_bytes)
-                finally:
-                    os.close(fd)
+            _sparse(img, self.volume_bytes)
             rec = self._record(job_id)
             loops = self._loops_of(img)
             other = rec.get("instance") if rec else None
@@ -96,6 +100,8 @@ class LocalJobStorage:
     def delete(self, job_id: str) -> None:
         if self.mode == "s3":
             self.delete_checkpoint(self._url("jobdir", job_id, "workspace"))
+        if self.mode == "shared":
+            self._unmount_quota(job_id)
         if self.mode != "volume":
             return
         img = self._img(job_id)
@@ -132,10 +138,58 @@ class LocalJobStorage:
                 rec = self._record(job_id)
                 if keep is not None and rec and rec.get("instance") in keep:
                     continue
+                if keep is not None and rec and rec.get("instance") == QUOTA:
+                    continue  # a job's own directory: it goes when the job ends
                 self._free_loop(dev, job_id, force=True)
                 self._rec(job_id).unlink(missing_ok=True)
                 removed.append(f"loop {dev} (job {job_id})")
         return removed
+
+    # ---- the quota'd shared directory -----------------------------------------------------
+    def _mount_quota(self, job_id: str) -> None:
+        """The job's directory as a size-limited ext4 volume mounted on this host (once:
+        every instance of the job sees it there)."""
+        img, mp = self._img(job_id), self.jobs_dir / _check_id(job_id)
+        with self._locked():
+            if os.path.ismount(mp):
+                return
+            if not img.exists() and mp.is_dir() and any(mp.iterdir()):
+                # A job whose directory was made without a quota (by an older outgrow, or a
+                # caller that did not attach first): never hide its files under a volume.
+                log.warning("job %s: its directory exists already; it stays without quota", job_id)
+                return
+            fresh = not img.exists()
+            _sparse(img, self.quota_bytes)
+            loops = self._loops_of(img)
+            dev = loops[0] if loops else self._losetup(["--find", "--show", str(img)]).strip()
+            if fresh:
+                _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "outgrow-job", dev], "mkfs.ext4")
+            mp.mkdir(parents=True, exist_ok=True)
+            _run(["mount", "-o", "nosuid,nodev", dev, str(mp)], f"mounting {dev} on {mp}")
+            os.chmod(mp, 0o755)
+            self._write_record(job_id, {"device": dev, "instance": QUOTA})
+        log.info("job %s: directory on a %d MiB volume (%s)", job_id, self.quota_bytes >> 20, dev)
+
+    def _unmount_quota(self, job_id: str) -> None:
+        """The job ended: its volume goes; its logs stay in the plain directory left."""
+        img, mp = self._img(job_id), self.jobs_dir / _check_id(job_id)
+        with self._locked():
+            if not img.exists() and not os.path.ismount(mp):
+                return
+            logs: dict[str, bytes] = {}
+            if os.path.ismount(mp):
+                for f in sorted((mp / "logs").glob("*.log")):
+                    with contextlib.suppress(OSError):
+                        logs[f.name] = f.read_bytes()
+                _run(["umount", str(mp)], f"unmounting the job directory {mp}")
+            for dev in self._loops_of(img):
+                self._losetup(["-d", dev])
+            self._rec(job_id).unlink(missing_ok=True)
+            img.unlink(missing_ok=True)
+            if logs:
+                (mp / "logs").mkdir(parents=True, exist_ok=True)
+                for name, data in logs.items():
+                    (mp / "logs" / name).write_bytes(data)
 
     # ---- helpers ------------------------------------------------------------------------
     def _url(self, kind: Kind, job_id: str, name: str) -> str:
@@ -199,6 +253,26 @@ class LocalJobStorage:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ProviderError(f"losetup {' '.join(args)} failed: {exc}") from exc
         return r.stdout
+
+
+def _sparse(img: Path, size: int) -> None:
+    """Create the image file (sparse: it takes space only as it is written)."""
+    if img.exists():
+        return
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProviderError(f"{what} failed: {exc}") from exc
+    if r.returncode != 0:
+        raise ProviderError(f"{what} failed", detail=f"{' '.join(argv)}: {r.stderr.strip()}")
 
 
 def _check_id(part: str) -> str:
