@@ -25,7 +25,7 @@ from waiting import holds_for, wait_until
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 MIB = 1 << 20
-CONTROLLERS = ("memory", "cpu", "cpuacct", "freezer")
+CONTROLLERS = ("memory", "cpu", "cpuacct", "freezer", "pids")
 
 # Children wait for a line on stdin, so they only start working once they are in the cgroup.
 ALLOC = """

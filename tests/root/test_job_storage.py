@@ -77,7 +77,8 @@ def start_notebook(cp: Server, name: str) -> tuple[str, dict[str, Any], KernelSe
     kid = create_kernel(j["url"], cp.token)
     ks = KernelSession(j["url"], cp.token, kid)
     cwd = ks.run(OPEN_FILE).result
-    assert cwd is not None and cwd.strip("'").endswith(f"{job}/workspace"), cwd
+    # the kernel works in the job's workspace, seen at /workspace in its sandbox
+    assert cwd is not None and cwd.strip("'") == "/workspace", cwd
     return job, j, ks
 
 

@@ -329,6 +329,8 @@ def test_modes_and_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert release_job_dir(st, p.jobs_dir / job).bytes == 0
     assert (p.jobs_dir / job).is_dir(), "a shared directory stays where it is"
     assert p.checkpoint_location(job, "c1").startswith(str(p.settings.data_dir))
+    p.delete_job_storage(job)  # the job ended: its quota volume goes
+    assert not os.path.ismount(p.jobs_dir / job)
     with pytest.raises(ProviderError, match="invalid job"):
         LocalProvider(
             make_settings(tmp_path, unique_prefix(), local_job_storage="volume")

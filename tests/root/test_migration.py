@@ -314,7 +314,12 @@ def test_outside_connections_in_any_state_do_not_stop_a_move(
 def _move_with_outside_sockets(p: LocalProvider, src: InstanceInfo, body: StartJob) -> None:
     import socket
 
-    peer = socket.create_connection((src.address, 8888), timeout=5)
+    peer = wait_until(  # the job listens right after it connected out
+        lambda: socket.create_connection((src.address, 8888), timeout=5),
+        timeout=30,
+        ignore=(ConnectionRefusedError,),
+        what="the job to listen on 8888",
+    )
     with agent(src) as a:
         wait_until(
             lambda: "accepted 1" in a.logs("stdout").data,

@@ -230,11 +230,11 @@ def test_security_group_follows_the_job(provider: LocalProvider) -> None:
     netns = f"/run/netns/{p.prefix}-{target.id}"
     with agent(target) as a:
         a.checkpoint(CheckpointRequest(dest_dir=str(p.settings.data_dir / "ck")))
-        assert tables(netns) == {"outgrow_sg", f"og-move-{target.id}"}
+        assert tables(netns) == {"outgrow_sg", "outgrow_guard", f"og-move-{target.id}"}
         assert a.job().phase == AgentPhase.CHECKPOINTED
         assert probe(target.address, 9000, inside) == "timeout"
         a.abort()
-        assert tables(netns) == {"outgrow_sg"}
+        assert tables(netns) == {"outgrow_sg", "outgrow_guard"}
         assert a.job().phase == AgentPhase.RUNNING
     assert reachable(probe(target.address, 9000, inside))
 

@@ -94,7 +94,8 @@ def test_create_makes_dir_and_enables_memory_and_cpu_in_parent(fs: CgroupFS, roo
     assert (root / "og-a").is_dir()
     assert cg.exists()
     assert cg.version == 2 and fs.version == 2
-    assert sorted(text(root / "cgroup.subtree_control").split()) == ["+cpu", "+memory"]
+    # pids too, where the parent offers it (a fork bomb stops at pids.max)
+    assert sorted(text(root / "cgroup.subtree_control").split()) == ["+cpu", "+memory", "+pids"]
 
 
 def test_create_enables_only_missing_controllers(fs: CgroupFS, root: Path) -> None:
@@ -106,11 +107,11 @@ def test_create_enables_only_missing_controllers(fs: CgroupFS, root: Path) -> No
 def test_create_leaves_enabled_controllers_alone_and_is_idempotent(
     fs: CgroupFS, root: Path
 ) -> None:
-    (root / "cgroup.subtree_control").write_text("cpu io memory\n")
+    (root / "cgroup.subtree_control").write_text("cpu io memory pids\n")
     cg = fs.open("og-a")
     cg.create()
     cg.create()
-    assert text(root / "cgroup.subtree_control") == "cpu io memory"
+    assert text(root / "cgroup.subtree_control") == "cpu io memory pids"
     assert cg.exists()
 
 
@@ -119,7 +120,8 @@ def test_create_nested_enables_controllers_in_every_ancestor(fs: CgroupFS, root:
     (root / "jobs" / "cgroup.subtree_control").write_text("")
     fs.open("jobs/og-a").create()
     assert (root / "jobs" / "og-a").is_dir()
-    assert sorted(text(root / "cgroup.subtree_control").split()) == ["+cpu", "+memory"]
+    assert sorted(text(root / "cgroup.subtree_control").split()) == ["+cpu", "+memory", "+pids"]
+    # "jobs" offers no pids (its cgroup.controllers does not say so): not asked for there
     assert sorted(text(root / "jobs" / "cgroup.subtree_control").split()) == ["+cpu", "+memory"]
 
 
@@ -614,6 +616,7 @@ def test_detect_hybrid_is_v1_with_unified_for_psi(tmp_path: Path) -> None:
         "cpu:/og-1",
         "cpuacct:/og-1",
         "freezer:/og-1",
+        "pids:/og-1",
         ":/og-1",
     ]
     assert fs.open("og-1").freezer_path() == "/sys/fs/cgroup/freezer/og-1"

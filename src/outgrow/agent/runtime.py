@@ -125,6 +125,11 @@ class JobDirs:
         ):
             d.mkdir(parents=True, exist_ok=True)
             os.chown(d, uid, gid)
+        # Logs of an earlier run (kept when the job ended, or made by an older outgrow that
+        # ran jobs as root): the job appends to them.
+        for f in (self.stdout, self.stderr):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(f, uid, gid)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -153,20 +154,26 @@ class LocalJobStorage:
         with self._locked():
             if os.path.ismount(mp):
                 return
+            kept = _take_logs(mp) if not img.exists() and _only_logs(mp) else {}
             if not img.exists() and mp.is_dir() and any(mp.iterdir()):
                 # A job whose directory was made without a quota (by an older outgrow, or a
                 # caller that did not attach first): never hide its files under a volume.
                 log.warning("job %s: its directory exists already; it stays without quota", job_id)
                 return
             fresh = not img.exists()
-            _sparse(img, self.quota_bytes)
-            loops = self._loops_of(img)
-            dev = loops[0] if loops else self._losetup(["--find", "--show", str(img)]).strip()
-            if fresh:
-                _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "outgrow-job", dev], "mkfs.ext4")
-            mp.mkdir(parents=True, exist_ok=True)
-            _run(["mount", "-o", "nosuid,nodev", dev, str(mp)], f"mounting {dev} on {mp}")
-            os.chmod(mp, 0o755)
+            try:
+                _sparse(img, self.quota_bytes)
+                loops = self._loops_of(img)
+                dev = loops[0] if loops else self._losetup(["--find", "--show", str(img)])
+                dev = dev.strip()
+                if fresh:
+                    mkfs = ["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "outgrow-job", dev]
+                    _run(mkfs, "mkfs.ext4")
+                mp.mkdir(parents=True, exist_ok=True)
+                _run(["mount", "-o", "nosuid,nodev", dev, str(mp)], f"mounting {dev} on {mp}")
+                os.chmod(mp, 0o755)
+            finally:
+                _put_logs(mp, kept)  # a restarted job: the logs of its earlier runs go along
             self._write_record(job_id, {"device": dev, "instance": QUOTA})
         log.info("job %s: directory on a %d MiB volume (%s)", job_id, self.quota_bytes >> 20, dev)
 
@@ -176,20 +183,15 @@ class LocalJobStorage:
         with self._locked():
             if not img.exists() and not os.path.ismount(mp):
                 return
-            logs: dict[str, bytes] = {}
+            logs: Logs = {}
             if os.path.ismount(mp):
-                for f in sorted((mp / "logs").glob("*.log")):
-                    with contextlib.suppress(OSError):
-                        logs[f.name] = f.read_bytes()
+                logs = _read_logs(mp)
                 _run(["umount", str(mp)], f"unmounting the job directory {mp}")
             for dev in self._loops_of(img):
                 self._losetup(["-d", dev])
             self._rec(job_id).unlink(missing_ok=True)
             img.unlink(missing_ok=True)
-            if logs:
-                (mp / "logs").mkdir(parents=True, exist_ok=True)
-                for name, data in logs.items():
-                    (mp / "logs" / name).write_bytes(data)
+            _put_logs(mp, logs)
 
     # ---- helpers ------------------------------------------------------------------------
     def _url(self, kind: Kind, job_id: str, name: str) -> str:
@@ -253,6 +255,38 @@ class LocalJobStorage:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ProviderError(f"losetup {' '.join(args)} failed: {exc}") from exc
         return r.stdout
+
+
+Logs = dict[str, tuple[bytes, int, int]]  # file name → content, uid, gid
+
+
+def _read_logs(mp: Path) -> Logs:
+    logs: Logs = {}
+    for f in sorted((mp / "logs").glob("*.log")):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            logs[f.name] = (f.read_bytes(), st.st_uid, st.st_gid)
+    return logs
+
+
+def _only_logs(mp: Path) -> bool:
+    """What an ended job's directory keeps: its logs, nothing else."""
+    return mp.is_dir() and set(os.listdir(mp)) == {"logs"}
+
+
+def _take_logs(mp: Path) -> Logs:
+    logs = _read_logs(mp)
+    shutil.rmtree(mp / "logs")
+    return logs
+
+
+def _put_logs(mp: Path, logs: Logs) -> None:
+    if not logs:
+        return
+    (mp / "logs").mkdir(parents=True, exist_ok=True)
+    for name, (data, uid, gid) in logs.items():
+        (mp / "logs" / name).write_bytes(data)
+        os.chown(mp / "logs" / name, uid, gid)  # the job appends to them
 
 
 def _sparse(img: Path, size: int) -> None:
