@@ -35,6 +35,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import StaticPool
 
+from outgrow.errors import ConfigError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BEGIN_OPTION = "outgrow_sqlite_begin"  # execution option read by the SQLite "begin" hook
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -70,7 +72,12 @@ def make_engine(url: str) -> Engine:
         connect: dict[str, Any] = {}
         if "connect_timeout" not in u.query:
             connect["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-        return create_engine(u, pool_pre_ping=True, connect_args=connect)
+        try:
+            return create_engine(u, pool_pre_ping=True, connect_args=connect)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"{safe_url(u)} needs the PostgreSQL driver: pip install 'outgrow[postgres]'"
+            ) from exc
     if u.get_backend_name() != "sqlite":
         return create_engine(u, pool_pre_ping=True)
 
