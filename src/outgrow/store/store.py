@@ -330,6 +330,20 @@ class Store(AccountsMixin):
             )
             return [instance_record(i) for i in rows]
 
+    def all_instances(self) -> list[InstanceRecord]:
+        """Every instance of every job, ended ones too (what the Prometheus totals need in
+        one query)."""
+        with self._tx() as s:
+            rows = s.scalars(select(Instance).order_by(Instance.started_at, Instance.id))
+            return [instance_record(i) for i in rows]
+
+    def events_of_type(self, type: str) -> list[tuple[str, EventView]]:
+        """(job id, event) of every event of this type, any job (deleted ones too: counters
+        built from them must never go down), oldest first."""
+        with self._tx() as s:
+            rows = s.scalars(select(Event).where(Event.type == type).order_by(Event.id))
+            return [(e.job_id, event_view(e)) for e in rows]
+
     # --- metrics ------------------------------------------------------------------------
 
     def add_metrics(self, job_id: str, points: Sequence[MetricPoint]) -> None:
