@@ -8,9 +8,11 @@ log() { echo "[setup] $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "error: run as root (namespaces, cgroups and CRIU need it)"; exit 1; }
 
 # iproute2: netns/veth/bridge; nftables: security groups and CRIU's network lock;
-# util-linux: unshare/nsenter; chromium: the console's browser tests.
+# util-linux: unshare/nsenter; chromium: the console's browser tests; postgresql: the
+# store's tests run a throwaway PostgreSQL 15 cluster (tests/pg.py; initdb/pg_ctl only,
+# the package's own cluster is never used).
 PKGS="iproute2 nftables util-linux procps python3 python3-venv python3-dev build-essential
-ca-certificates chromium"
+ca-certificates chromium postgresql"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

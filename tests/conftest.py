@@ -150,3 +150,27 @@ def local_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     provider.teardown()
     left = leftovers(prefix)
     assert not left, f"leaked: {left}"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Any]:
+    """One throwaway PostgreSQL 15 cluster for the session (tests/pg.py): a real server on
+    127.0.0.1, removed at the end. Tests take their own database: ``pg_url``."""
+    import pg as pgmod
+
+    why = pgmod.unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = pgmod.cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg: Any) -> Iterator[str]:
+    """The URL of a new, empty database on the session's PostgreSQL cluster (dropped after
+    the test)."""
+    url: str = pg.create_database()
+    yield url
+    if pg.running():
+        pg.drop_database(url)

@@ -10,6 +10,7 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     ├── NotFoundError          unknown job, instance, image, template, type
     ├── ConflictError          duplicate name, illegal state transition
     ├── AuthError              missing/invalid credentials, not allowed
+    ├── StoreUnavailable       the database cannot be reached (503: try again)
     ├── CapacityError          nothing fits (NoAvailableHost)
     ├── ProviderError          creating/deleting an instance failed
     ├── RuntimeFailure         starting/stopping a job, cgroup/namespace work failed
@@ -69,6 +70,13 @@ class AuthError(OutgrowError):
 
 class CapacityError(OutgrowError):
     code = "no_capacity"
+
+
+class StoreUnavailable(OutgrowError):
+    """The database is down or unreachable: nothing is wrong with the request, and the same
+    request may succeed once the database is back (HTTP 503)."""
+
+    code = "store_unavailable"
 
 
 class ProviderError(OutgrowError):

@@ -62,7 +62,15 @@ class Settings(BaseSettings):
         None, description="Password of the 'admin' user created on first start (else generated)."
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is SQLite (WAL) in the data dir."
+        None,
+        description="SQLAlchemy URL; default is SQLite (WAL) in the data dir. PostgreSQL: "
+        "postgresql://user:password@host:5432/db (needs outgrow[postgres]).",
+    )
+    database_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long `outgrow up` keeps retrying a database it cannot reach at "
+        "start before it gives up (0: try once).",
     )
     proxy_hold_seconds: float = Field(
         120.0,

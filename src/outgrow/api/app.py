@@ -25,6 +25,7 @@ from outgrow.api.schemas import (
     TokenBody,
     UserBody,
 )
+from outgrow.controlplane.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from outgrow.controlplane.service import ControlPlane
 from outgrow.domain.jobs import (
     EventView,
@@ -205,7 +206,7 @@ def create_api(plane: ControlPlane) -> FastAPI:
     app.include_router(api)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus(user: User, cp: Plane) -> str:
-        return cp.views.prometheus()
+    def prometheus(user: User, cp: Plane) -> Response:
+        return Response(cp.views.prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return app

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from outgrow.errors import StoreUnavailable
 from outgrow.store import Store
 
 log = logging.getLogger("outgrow.controlplane")
@@ -43,6 +44,11 @@ class Workers:
         def work() -> None:
             try:
                 fn(job_id, *args)
+            except StoreUnavailable as exc:
+                # The database is away: the action is decided again once it is back (the
+                # job's status did not move), and no error event can be written anyway.
+                name = getattr(fn, "__name__", "action")
+                log.warning("action %s on job %s: %s (%s)", name, job_id, exc, exc.detail or "")
             except Exception:
                 name = getattr(fn, "__name__", "action")
                 log.exception("action %s on job %s failed", name, job_id)
