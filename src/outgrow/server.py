@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from outgrow import credentials, web
 from outgrow.api.app import create_api
+from outgrow.controlplane.datadir import DataDirLock
 from outgrow.controlplane.service import ControlPlane
 from outgrow.proxy import ProxyRoute, StableUrlProxy
 from outgrow.settings import Settings
@@ -37,14 +38,23 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
 
 def serve(settings: Settings, *, write_credentials: bool = True) -> None:
+    from outgrow import logs
+
+    logs.setup(settings.log_format, settings.log_level)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before anything: a second control plane here refuses, naming the first
+    try:
+        _serve(settings, write_credentials)
+    finally:
+        lock.release()
+
+
+def _serve(settings: Settings, write_credentials: bool) -> None:
     import uvicorn
 
-    from outgrow import logs
     from outgrow.providers.base import get_provider
     from outgrow.store import Store
 
-    logs.setup(settings.log_format, settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or f"sqlite:///{settings.data_dir / 'outgrow.db'}"
     store = Store.open(url)
     provider = get_provider(settings.provider, settings)

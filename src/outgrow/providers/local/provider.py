@@ -76,7 +76,12 @@ class LocalProvider(Provider):
         self.prefix = settings.resource_prefix
         self.root = settings.data_dir / "instances"
         self.jobs_dir = settings.data_dir / "jobs"
-        self.net = HostNetwork(settings.resource_prefix, settings.address_pool, settings.data_dir)
+        # Instances are owned by this data dir: another control plane on the same prefix
+        # (another data dir) shares the bridge and the address table, never the instances.
+        self.owner = str(settings.data_dir.resolve())
+        self.net = HostNetwork(
+            settings.resource_prefix, settings.address_pool, self.owner, settings.run_dir
+        )
         self.cgroups = detect()
         if catalog is None:
             catalog = load_catalog(settings.catalog_path)
@@ -422,11 +427,15 @@ class LocalProvider(Provider):
             super().delete_checkpoint(location)
 
     def cleanup(self, keep: Collection[str] = ()) -> list[str]:
+        """Remove this data dir's instances not in ``keep`` and leftovers nobody owns; never
+        another control plane's (same prefix, other data dir)."""
         removed = super().cleanup(keep)
         removed += [i for i in self.net.cleanup(keep=set(keep)) if i not in removed]
         for name in self.cgroups.list(f"{self.prefix}-"):
             iid = name[len(self.prefix) + 1 :]
-            if iid not in keep:
+            # Another owner's cgroup always has its address entry (made before, released
+            # after the cgroup), so an entry-less one is a leftover.
+            if iid not in keep and self.net.owner_of(iid) in (None, self.owner):
                 cg = self.cgroups.open(name)
                 if cg.frozen():
                     cg.thaw()
@@ -439,7 +448,8 @@ class LocalProvider(Provider):
         return removed
 
     def teardown(self) -> list[str]:
-        """Remove every instance and the host bridge (tests and `outgrow cleanup --all`)."""
+        """Remove every instance of this data dir and the host bridge unless another
+        control plane's instances use it (tests and `outgrow cleanup --all`)."""
         removed = self.cleanup()
         self.net.teardown()
         return removed
