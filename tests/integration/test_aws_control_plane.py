@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_network
@@ -588,6 +589,41 @@ def test_job_gets_an_ec2_instance_then_fails_cleanly_without_an_agent(
     shown = plane.cli("show", job, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["status"] == "FailToExecute"
+
+
+def test_cancel_interrupts_the_agent_wait_and_leaves_nothing(
+    plane: ControlPlaneProcess, account: FakeAccount, tmp_path: Path
+) -> None:
+    """moto (fake AWS): `outgrow cancel` while the job's instance waits for its agent
+    (which never answers: the wait would last HEALTH_TIMEOUT_S, 900 s by default): within
+    seconds the job is Cancelled, its instance terminated in moto and its security group
+    deleted."""
+    job = submit(plane, tmp_path, "cancelled")
+    ec2_id = launched(plane, account, job)["InstanceId"]
+    t = time.monotonic()
+    cli = plane.cli("cancel", job)
+    assert cli.returncode == 0, cli.stderr
+    view: dict[str, Any] = wait_for_value(
+        lambda: plane.get(f"/jobs/{job}").json(),
+        lambda v: v["status"] in ("Cancelled", "FailToExecute"),
+        timeout=HEALTH_TIMEOUT_S + 30,
+        interval=0.2,
+        what=f"job {job} to end",
+        context=plane.log,
+    )
+    took = time.monotonic() - t
+    assert view["status"] == "Cancelled", view
+    assert took < HEALTH_TIMEOUT_S / 2, f"the cancel took {took:.1f} s"  # not the timeout
+    assert view["status_reason"] == "cancelled by admin" and view["instance"] is None
+    [gone] = instances(account, {"Name": "instance-id", "Values": [ec2_id]})
+    assert gone["State"]["Name"] in ("shutting-down", "terminated"), plane.log()
+    eventually(
+        lambda: groups(account, {"Name": "group-name", "Values": [f"outgrow-sg-{job}"]}) == [],
+        15,
+        f"security group outgrow-sg-{job} deleted",
+        plane.log,
+    )
+    assert instances(account, tag("outgrow:job", job), LIVE) == []
 
 
 def test_sigterm_stops_the_control_plane_and_leaves_nothing_running(

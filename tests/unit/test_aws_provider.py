@@ -292,7 +292,7 @@ def _simulate_spot_capacity_error(p: AwsProvider, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(ec2, "run_instances", run_instances)
     # No agent can answer in moto: skip the health wait (tested on its own below).
-    monkeypatch.setattr(p, "wait_for_agent", lambda info, timeout=None: None)
+    monkeypatch.setattr(p, "wait_for_agent", lambda info, timeout=None, cancel=None: None)
     return seen
 
 
