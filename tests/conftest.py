@@ -90,7 +90,19 @@ def _no_packet_leaves() -> Iterator[None]:
 
 
 def unique_prefix() -> str:
-    return "og" + secrets.token_hex(2)[:3]
+    """A resource prefix no netns, link or pool of this host uses yet (concurrent runs
+    pick from the same 4096)."""
+    from outgrow.providers.local.hoststate import RUN_DIR, Pools
+
+    used = {str(e.get("prefix")) for e in Pools().holders().values()} if ROOT else set()
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    names += os.listdir("/sys/class/net")
+    for _ in range(100):
+        prefix = "og" + secrets.token_hex(2)[:3]
+        taken = prefix in used or (RUN_DIR / prefix).exists()
+        if not taken and not any(n.startswith(prefix) for n in names):
+            return prefix
+    raise RuntimeError("no unused resource prefix")
 
 
 def leftovers(prefix: str, path_contains: str | None = None) -> list[str]:

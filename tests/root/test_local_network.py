@@ -144,12 +144,15 @@ def make_net(tmp_path: Path) -> Iterator[NetFactory]:
     made: list[HostNetwork] = []
 
     def make(prefixlen: int = 24, like: HostNetwork | None = None) -> HostNetwork:
-        owner = str(tmp_path / f"owner{len(made)}")
+        owner = (
+            tmp_path / f"owner{len(made)}"
+        )  # a data dir: its instances are owned while it exists
+        owner.mkdir()
         if like is not None:
-            net = HostNetwork(like.prefix, str(like.pool), owner)
+            net = HostNetwork(like.prefix, str(like.pool), str(owner))
         else:
             prefix = unique_prefix()
-            net = HostNetwork(prefix, Pools().reserve(prefix, prefixlen=prefixlen), owner)
+            net = HostNetwork(prefix, Pools().reserve(prefix, prefixlen=prefixlen), str(owner))
         made.append(net)
         return net
 
@@ -481,6 +484,12 @@ def test_two_owners_on_one_prefix_never_share_an_address_or_an_instance(
     assert a_net.cleanup(keep=[a1.instance_id]) == sorted([a2.instance_id, leftover])
     assert b_net.get(b1.instance_id) == b1
     assert connect(b1.address) == f"{b1.name} {a_net.gateway}"
+    # an owner whose data dir is gone is nobody: its instances are leftovers for anyone
+    gone = make_net(like=a_net)
+    g1 = gone.create(new_instance_id())
+    Path(gone.owner).rmdir()
+    assert a_net.owner_of(g1.instance_id) is None
+    assert a_net.cleanup(keep=[a1.instance_id]) == [g1.instance_id]
     a_net.teardown()  # its instances go; the bridge stays: b1 is on it
     assert_gone(a_net, a1.instance_id)
     assert connect(b1.address) == f"{b1.name} {a_net.gateway}"

@@ -11,8 +11,8 @@ by ``fcntl.flock`` (``hoststate.py``): every process creating instances of the p
 several control planes with their own data dirs, the CLI, tests — shares one table, and each
 entry names its *owner* (the data dir of the control plane that made it). Everything this
 module creates is named with the resource prefix, so leftovers can be found again; a
-sweep (``cleanup``) removes only its owner's instances and those nobody owns, never
-another control plane's.
+sweep (``cleanup``) removes only its owner's instances and those nobody owns (no entry, or
+the owner's data dir is gone), never another control plane's.
 """
 
 from __future__ import annotations
@@ -54,6 +54,15 @@ class NetnsInfo:
     gateway: IPv4Address  # the bridge address
     host_veth: str  # f"{prefix}{instance_id}"
     inode: int  # st_ino of the netns file (CRIU's --external net[<inode>])
+
+
+def _owner(entry: dict[str, Any] | None) -> str | None:
+    """The owner of an allocation entry; None when there is none, or when its data dir is
+    gone (that control plane and its records are gone for good: a leftover)."""
+    owner = (entry or {}).get("owner")
+    if owner is None or not Path(str(owner)).exists():
+        return None
+    return str(owner)
 
 
 def mac_for(address: IPv4Address) -> str:
@@ -440,9 +449,7 @@ class HostNetwork:
         entries = self._entries()
         ids |= set(entries)
         removed = sorted(
-            i
-            for i in ids
-            if i not in keep_ids and (entries.get(i) or {}).get("owner", self.owner) == self.owner
+            i for i in ids if i not in keep_ids and _owner(entries.get(i)) in (None, self.owner)
         )
         for instance_id in removed:
             self.delete(instance_id)
@@ -450,8 +457,7 @@ class HostNetwork:
 
     def owner_of(self, instance_id: str) -> str | None:
         """The data dir of the control plane owning the instance, None if nobody does."""
-        owner = (self._entries().get(instance_id) or {}).get("owner")
-        return str(owner) if owner is not None else None
+        return _owner(self._entries().get(instance_id))
 
     def _netns_ids(self) -> set[str]:
         try:
