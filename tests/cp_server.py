@@ -64,10 +64,10 @@ class Server:
 
 
 @contextmanager
-def control_plane(tmp: Path, **overrides: Any) -> Iterator[Server]:
-    """An in-process control plane on the local provider; ``overrides`` are Settings fields
-    (e.g. ``local_job_storage="volume"``)."""
-    prefix = unique_prefix()
+def control_plane(tmp: Path, prefix: str | None = None, **overrides: Any) -> Iterator[Server]:
+    """An in-process control plane on the local provider (its own resource prefix unless
+    given); ``overrides`` are Settings fields (e.g. ``local_job_storage="volume"``)."""
+    prefix = prefix or unique_prefix()
     settings = make_settings(tmp, prefix).model_copy(update=overrides)
     store = Store.open(f"sqlite:///{tmp}/outgrow.db")
     provider = LocalProvider(settings)

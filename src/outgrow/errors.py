@@ -20,7 +20,8 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     │   └── TransferError      moving checkpoint images between agents failed
     ├── MigrationError         a migration did not complete (job left on the source)
     │   └── JobLostError       … and the job could not be brought back on the source
-    └── AgentError             an agent could not be reached, or broke the agent protocol
+    ├── AgentError             an agent could not be reached, or broke the agent protocol
+    └── CancelledError         a long action was cancelled (outgrow cancel) while it waited
 
 An agent's own error answers carry these codes; its client (``outgrow.agentapi.client``)
 raises the same class again on the caller's side (:func:`error_class`), so a conflict on an
@@ -113,6 +114,13 @@ class JobLostError(MigrationError):
 
 class AgentError(OutgrowError):
     code = "agent"
+
+
+class CancelledError(OutgrowError):
+    """A wait (agent health, image build, retry pause, a move's step) was cut short by a
+    cancel: the action stops, cleans up what it made, and the job ends Cancelled."""
+
+    code = "cancelled"
 
 
 def _classes(root: type[OutgrowError]) -> list[type[OutgrowError]]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from outgrow import credentials, web
 from outgrow.api.app import create_api
+from outgrow.controlplane.datadir import DataDirLock
 from outgrow.controlplane.service import ControlPlane
 from outgrow.errors import StoreUnavailable
 from outgrow.proxy import ProxyRoute, StableUrlProxy
@@ -40,13 +41,22 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
 
 def serve(settings: Settings, *, write_credentials: bool = True) -> None:
-    import uvicorn
-
     from outgrow import logs
-    from outgrow.providers.base import get_provider
 
     logs.setup(settings.log_format, settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before anything: a second control plane here refuses, naming the first
+    try:
+        _serve(settings, write_credentials)
+    finally:
+        lock.release()
+
+
+def _serve(settings: Settings, write_credentials: bool) -> None:
+    import uvicorn
+
+    from outgrow.providers.base import get_provider
+
     url = settings.database_url or f"sqlite:///{settings.data_dir / 'outgrow.db'}"
     store = open_store(url, settings.database_wait_s)
     provider = get_provider(settings.provider, settings)

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         description="IPv4 pool for local instance addresses (the first is the host bridge). "
         "Tests use 198.19.0.0/16, so they never collide with a running control plane.",
     )
+    run_dir: Path = Field(
+        Path("/run/outgrow"),
+        description="Host-wide state of the local provider, shared by every control plane "
+        "of this host: address pools per resource prefix and instance addresses with their "
+        "owners (on tmpfs: it goes at reboot with the network namespaces).",
+    )
     catalog_path: Path | None = Field(
         None, description="YAML instance-type catalog overriding the packaged one."
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from outgrow.agentapi.models import LogChunk
 from outgrow.domain.storage import JobStorage, StorageKind
-from outgrow.errors import OutgrowError
+from outgrow.errors import NotFoundError, OutgrowError
 from outgrow.orchestrator.migrate import Connect
 from outgrow.providers.base import Capability, InstanceInfo, Provider
 from outgrow.store import Store
@@ -89,8 +89,11 @@ class JobDirs:
         if path is None or not path.exists():
             inst = self.provider.describe_instance(instance_id) if instance_id else None
             if inst is not None:
-                with self.connect(inst, 30.0) as a:
-                    return a.logs(stream, offset)
+                try:
+                    with self.connect(inst, 30.0) as a:
+                        return a.logs(stream, offset)
+                except NotFoundError:  # its agent has no job yet (being launched): no output
+                    return LogChunk(data="", offset=offset, size=0)
             path = self.archived_log(job_id, stream)
         try:
             with path.open("rb") as f:

@@ -88,6 +88,7 @@ class ControlPlane:
             self.instances,
             self.jobdirs,
             self.images,
+            token=self.workers.token,
         )
         self.scheduler = Scheduler(
             store,
@@ -306,8 +307,12 @@ class ControlPlane:
         rec = self._find(actor, ref)
         check_action("cancel", rec.status)
         self.instances.drop_warm(rec.id)
-        # Cancel waits for a running action of the job rather than racing it.
-        self.workers.run_when_free(rec.id, self.actions.cancel, f"cancelled by {actor.name}")
+        reason = f"cancelled by {actor.name}"
+        # A running action waiting (an agent, an image build, a retry) stops at once and
+        # ends the job itself; one that does not wait finishes first, then the cancel runs.
+        self.actions.note_cancel(rec.id, reason)
+        self.workers.cancel(rec.id)
+        self.workers.run_when_free(rec.id, self.actions.cancel, reason)
         return self.view(rec.id)
 
     def restart(self, actor: UserView, ref: str) -> JobView:

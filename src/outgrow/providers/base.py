@@ -8,6 +8,10 @@ Every method a caller uses is declared here; the optional ones have a default th
 nothing (or refuses with a ProviderError) and a :class:`Capability` saying whether the
 provider really offers them (``provider.supports(Capability.X)``), as in SkyPilot's
 provision interface. Providers are found by short name (:func:`get_provider`).
+
+Methods that wait (for an agent, an image build) take ``cancel``, the job action's
+cancellation token (``outgrow.cancel``): once it is set they undo what they made and
+raise CancelledError within seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
+from outgrow.cancel import Cancel
 from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import SecurityGroup
@@ -79,10 +84,12 @@ class Provider(ABC):
         spot: bool = False,
         tags: Mapping[str, str] | None = None,
         security_group: SecurityGroup | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceInfo:
         """Create an instance and return once its agent answers (ProviderError otherwise).
         ``security_group`` (providers with Capability.SECURITY_GROUPS) limits inbound
-        traffic from the start; None leaves the instance open."""
+        traffic from the start; None leaves the instance open. A set ``cancel`` deletes
+        the half-made instance and raises CancelledError."""
 
     @abstractmethod
     def delete_instance(self, instance_id: str) -> None:
@@ -94,7 +101,7 @@ class Provider(ABC):
     @abstractmethod
     def list_instances(self) -> list[InstanceInfo]: ...
 
-    def restart_agent(self, instance_id: str) -> None:
+    def restart_agent(self, instance_id: str, cancel: Cancel | None = None) -> None:
         """Start the agent of an existing instance again; it re-adopts its job
         (Capability.RESTART_AGENT). Default: nothing (the instance's init system does)."""
         return None
@@ -114,9 +121,15 @@ class Provider(ABC):
         provider's shared directory), or None (it lives on the instances)."""
         return None
 
-    def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
-        """Make an image available to this provider's instances before a job starts.
-        Default: nothing (the agent builds it on its instance)."""
+    def prepare_image(
+        self,
+        spec: ImageSpec,
+        progress: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> None:
+        """Make an image available to this provider's instances before a job starts
+        (a set ``cancel`` stops a build: CancelledError). Default: nothing (the agent
+        builds it on its instance)."""
         return None
 
     def reclaim(self, instance_id: str, in_s: float) -> float:

@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outgrow.agentapi.client import AgentClient
+from outgrow.cancel import Cancel, check, pause
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
 from outgrow.domain.storage import JobStorage, StorageKind
@@ -359,10 +360,13 @@ class AwsProvider(Provider):
         instance_id: str | None = None,
         wait_for_agent: bool = True,
         agent_timeout_s: float | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceInfo:
         """Launch (or, given the ``instance_id`` of an earlier attempt, find again) an
         instance and wait for its agent. ``wait_for_agent=False`` returns right after
-        RunInstances (tests; callers that wait themselves)."""
+        RunInstances (tests; callers that wait themselves). A set ``cancel`` terminates
+        the instance and raises CancelledError (its security group is the job's: it goes
+        when the job ends)."""
         itype = self.instance_types().get(type_name)
         if security_group is not None:
             security_group.check_reserved(self.aws.agent_port, PAGE_SERVER_PORTS)
@@ -373,7 +377,7 @@ class AwsProvider(Provider):
             if existing is not None:
                 info = self._info(existing)
                 if wait_for_agent:
-                    self.wait_for_agent(info, agent_timeout_s)
+                    self.wait_for_agent(info, agent_timeout_s, cancel=cancel)
                 return info
         iid = instance_id or secrets.token_hex(4)
         all_tags = {
@@ -402,6 +406,7 @@ class AwsProvider(Provider):
         req = self.launch_request(
             iid, itype, spot=spot, tags=all_tags, group_id=group_id, user_data=user_data
         )
+        check(cancel, "launching an instance")
         raw = self._ec2("run_instances", **req)["Instances"][0]
         log.info(
             "launched %s %s (%s, %s)",
@@ -411,10 +416,10 @@ class AwsProvider(Provider):
             "spot" if spot else "on-demand",
         )
         try:
-            raw = self._await_visible(iid, raw)
+            raw = self._await_visible(iid, raw, cancel=cancel)
             info = self._info(raw)
             if wait_for_agent:
-                self.wait_for_agent(info, agent_timeout_s)
+                self.wait_for_agent(info, agent_timeout_s, cancel=cancel)
             return info
         except BaseException as exc:
             log.error("instance %s (%s) failed: %s; terminating it", iid, raw["InstanceId"], exc)
@@ -427,7 +432,11 @@ class AwsProvider(Provider):
             raise
 
     def _await_visible(
-        self, iid: str, launched: dict[str, Any], timeout: float = 60.0
+        self,
+        iid: str,
+        launched: dict[str, Any],
+        timeout: float = 60.0,
+        cancel: Cancel | None = None,
     ) -> dict[str, Any]:
         """The instance as DescribeInstances sees it (EC2 is eventually consistent)."""
         deadline = time.monotonic() + timeout
@@ -438,19 +447,30 @@ class AwsProvider(Provider):
                 return raw
             if time.monotonic() > deadline:
                 return raw or launched
-            self.sleep(delay)
+            self._pause(delay, cancel, f"waiting for instance {iid} to show")
             delay = min(delay * 2, 5.0)
 
-    def wait_for_agent(self, info: InstanceInfo, timeout: float | None = None) -> None:
+    def _pause(self, seconds: float, cancel: Cancel | None, what: str) -> None:
+        if cancel is None:
+            self.sleep(seconds)
+        else:  # the cancel cuts the wait short (tests' no-op ``sleep`` does not apply)
+            pause(cancel, seconds, what)
+
+    def wait_for_agent(
+        self, info: InstanceInfo, timeout: float | None = None, cancel: Cancel | None = None
+    ) -> None:
         """Wait until the instance's agent answers /v1/health; ProviderError (with the
-        console output's tail as detail) on timeout or when the instance goes away."""
+        console output's tail as detail) on timeout or when the instance goes away;
+        CancelledError as soon as ``cancel`` is set."""
         timeout = self.aws.agent_health_timeout_s if timeout is None else timeout
         ec2_id = info.tags.get(TAG_EC2_ID, info.id)
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         next_state_check = 0.0
+        what = f"waiting for the agent of instance {info.id}"
         with AgentClient(info.agent_url, info.agent_token) as c:
             while True:
+                check(cancel, what)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -470,7 +490,7 @@ class AwsProvider(Provider):
                             f"answered{': ' + reason if reason else ''}",
                             detail=str(last),
                         )
-                self.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+                self._pause(min(2.0, max(0.0, deadline - time.monotonic())), cancel, what)
         raise ProviderError(
             f"the agent of instance {info.id} ({ec2_id}, {info.address or 'no address'}) "
             f"did not become healthy within {timeout:g} s; check that the control plane "
