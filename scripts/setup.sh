@@ -9,8 +9,11 @@ log() { echo "[setup] $*" >&2; }
 
 # iproute2: netns/veth/bridge; nftables: security groups and CRIU's network lock;
 # util-linux: unshare/nsenter; chromium: the console's browser tests.
+# skopeo + umoci: OCI images (copy from archives, layouts and registries; verify, unpack).
+# Tests only: mmdebstrap builds the test image's Debian rootfs; docker-registry is a real
+# registry on loopback for `outgrow image pull`.
 PKGS="iproute2 nftables util-linux procps python3 python3-venv python3-dev build-essential
-ca-certificates chromium"
+ca-certificates chromium skopeo umoci mmdebstrap docker-registry"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
