@@ -189,6 +189,62 @@ def tiny_layout(dest: Path, *, tag: str = "tiny") -> Path:
     return dest
 
 
+def missing_tools() -> list[str]:
+    return [t for t in ("skopeo", "umoci", "mmdebstrap") if shutil.which(t) is None]
+
+
+def oci_archive(layout: Path, dest: Path, tag: str = "tiny") -> Path:
+    """An OCI layout's image as an OCI archive (what `podman save` writes)."""
+    _run(["skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", f"oci-archive:{dest}:{tag}"])
+    return dest
+
+
+def docker_archive(layout: Path, dest: Path, tag: str = "tiny") -> Path:
+    """An OCI layout's image as a `docker save` archive."""
+    ref = f"docker-archive:{dest}:outgrow-test/{tag}:1"
+    _run(["skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", ref])
+    return dest
+
+
+class Registry:
+    """Debian's docker-registry (the CNCF distribution registry) on loopback, plain HTTP:
+    a real registry for pulls, with its storage in a test's tmp dir."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.host = f"127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        conf = self.root / "config.yml"
+        conf.write_text(
+            "version: 0.1\n"
+            "log: {level: error}\n"
+            f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}}}\n"
+            f"http: {{addr: '{self.host}'}}\n"
+        )
+        log = open(self.root / "registry.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(conf)], stdout=log, stderr=log
+        )
+
+    def push(self, layout: Path, name: str, tag: str = "tiny") -> str:
+        """Push a layout's image as ``name`` (``repo:tag``); returns its manifest digest."""
+        dest = f"docker://{self.host}/{name}"
+        _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}", dest])
+        out = subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", dest],
+            capture_output=True,
+            check=True,
+        ).stdout
+        return "sha256:" + hashlib.sha256(out).hexdigest()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
 if __name__ == "__main__":
     path, seconds = jupyter_archive()
     size = path.stat().st_size

@@ -372,7 +372,10 @@ class OciCache:
         except FileNotFoundError:
             raise NotFoundError(f"no such archive {path}", field="path") from None
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ValidationError(f"corrupt archive {path.name}: {exc}", field="path") from exc
+            why = "not a tar archive (plain, gzip, bzip2 or xz)"
+            if not isinstance(exc, tarfile.ReadError) or "opened successfully" not in str(exc):
+                why = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValidationError(f"corrupt archive {path.name}: {why}", field="path") from exc
         raise ValidationError(
             f"corrupt archive {path.name}: neither an OCI archive nor a docker save archive",
             field="path",
@@ -535,9 +538,12 @@ class OciCache:
                 with self._flock(self.layout / ".layout.lock", exclusive=False):
                     if self.get(digest) is None:  # removed while we waited
                         raise NotFoundError(f"image {digest} is not in the cache", field="digest")
+                    bundle.mkdir(parents=True)
+                    # raw: the rootfs only; a runtime bundle's config.json and mtree (a
+                    # hash of every file, for repacking) would cost time for nothing.
                     self._run(
-                        ["umoci", "unpack", "--image", f"{self.layout}:{self._tag(digest)}",
-                         str(bundle)],
+                        ["umoci", "raw", "unpack", "--image",
+                         f"{self.layout}:{self._tag(digest)}", str(bundle / "rootfs")],
                         f"unpacking image {digest[:19]}",
                     )  # fmt: skip
                 with open(bundle / ".complete", "w") as f:
