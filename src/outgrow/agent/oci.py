@@ -40,7 +40,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import subprocess
 import tarfile
 import time
@@ -49,9 +48,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from outgrow.agent.oci_probe import probe_rootfs
 from outgrow.domain.oci import (
     DIGEST_RE,
-    PROBED,
     OciConfig,
     OciImage,
     RootfsFacts,
@@ -101,53 +100,6 @@ def _raise_unknown_reference(ref: str, exc: ImageBuildError) -> None:
 def _host_arch() -> str:
     machine = os.uname().machine
     return _HOST_ARCH.get(machine, machine)
-
-
-def _resolve_in(root: Path, path: str) -> Path | None:
-    """``path`` inside the rootfs ``root``, following symlinks as a process chrooted there
-    would (an absolute link points into the image, never out of it); None on a loop."""
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = root.joinpath(*done, part)
-        if here.is_symlink():
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-            continue
-        done.append(part)
-    return root.joinpath(*done)
-
-
-def _executable(root: Path, path: str) -> bool:
-    p = _resolve_in(root, path)
-    try:
-        st = p.stat() if p is not None else None
-    except OSError:
-        return False
-    return st is not None and stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
-
-
-def probe_rootfs(rootfs: Path, config: OciConfig) -> RootfsFacts:
-    """Which of the executables a job may need the image has on its PATH."""
-    search = config.search_path
-    found: dict[str, str] = {}
-    for name in PROBED:
-        for d in search.split(":"):
-            if d.startswith("/") and _executable(rootfs, f"{d}/{name}"):
-                found[name] = f"{d.rstrip('/')}/{name}"
-                break
-    return RootfsFacts(search, _executable(rootfs, "/bin/sh"), found)
 
 
 class OciCache:

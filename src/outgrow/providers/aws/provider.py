@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outgrow.agentapi.client import AgentClient
+from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
 from outgrow.domain.storage import JobStorage, StorageKind
@@ -58,6 +59,7 @@ from outgrow.errors import AgentError, ConfigError, NotFoundError, OutgrowError,
 from outgrow.providers.aws import groups, launch
 from outgrow.providers.aws.account import Account
 from outgrow.providers.aws.catalog import InstanceCatalog
+from outgrow.providers.aws.images import ImageShipping
 from outgrow.providers.aws.prices import PriceTable, load_price_table
 from outgrow.providers.aws.secgroups import SecurityGroups, sg_name
 from outgrow.providers.aws.settings import AwsSettings
@@ -196,6 +198,34 @@ class AwsProvider(Provider):
         """Delete the job's security group (when the job ended); waits while instances
         that are shutting down still hold it. Nothing to do when there is none."""
         self.groups.delete(job_id, timeout)
+
+    # ---- OCI images (providers/aws/images.py) -----------------------------------------
+    def _shipping(self) -> ImageShipping | None:
+        return ImageShipping(self._store(), self.oci_cache()) if self.aws.s3_bucket else None
+
+    def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
+        """An OCI image goes to S3 for the instance to fetch (a venv image is built by the
+        agent on its instance)."""
+        shipping = self._shipping()
+        if spec.oci is not None and shipping is not None:
+            shipping.ship(spec.oci.digest, progress)
+
+    def image_archive_url(self, digest: str) -> str | None:
+        shipping = self._shipping()
+        return shipping.url(digest) if shipping is not None else None
+
+    def image_locations(self, digest: str) -> list[str]:
+        shipping = self._shipping()
+        found = super().image_locations(digest)
+        if shipping is not None and shipping.shipped(digest):
+            found.append(shipping.url(digest))
+        return found
+
+    def remove_image(self, digest: str) -> None:
+        super().remove_image(digest)
+        shipping = self._shipping()
+        if shipping is not None:
+            shipping.delete(digest)
 
     # ---- job storage ------------------------------------------------------------------
     def _store(self) -> CheckpointStore:

@@ -104,8 +104,11 @@ class LocalProvider(Provider):
         return self._catalog
 
     def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
-        # Instances have no route out (no NAT by design), so images are built here, on the
-        # host, into the cache every agent of this host reads.
+        # Instances have no route out (no NAT by design), so images are built (venv) or
+        # unpacked (OCI) here, on the host, into the cache every agent of this host reads.
+        if spec.oci is not None:
+            self.oci_cache().ensure_rootfs(spec.oci.digest, progress)
+            return
         ImageCache(self.settings.image_cache_dir).ensure(spec, progress=progress)
 
     # ---- records --------------------------------------------------------------------
