@@ -57,7 +57,7 @@ class Views:
 
     def image_of(self, rec: JobRecord) -> ImageSpec | None:
         try:
-            return self.images.spec(rec.spec.image)
+            return self.images.for_job(rec.spec)
         except NotFoundError:  # removed since the job was submitted
             return None
 

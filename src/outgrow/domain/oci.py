@@ -26,6 +26,33 @@ PROBED = ("python3", "python", "jupyter", "jupyter-lab", "jupyter-server")
 JUPYTER_MODES = ("lab", "server")
 
 
+_IMAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+def image_name(text: str) -> str:
+    """A library name for an image: ``text`` itself when it is one (1-40 lowercase
+    letters, digits, '-'), else a ValidationError (no '/', no '..': names never become
+    paths, but they are refused all the same)."""
+    if not isinstance(text, str) or not _IMAGE_NAME_RE.fullmatch(text):
+        raise ValidationError(
+            f"invalid image name {str(text)[:60]!r}: use 1-40 lowercase letters, digits or '-', "
+            "starting with a letter or digit",
+            field="name",
+        )
+    return text
+
+
+def suggest_name(text: str) -> str:
+    """A valid image name made from a file name or a registry reference
+    (``./My_Image.tar`` → ``my-image``, ``ghcr.io/org/nb:1`` → ``nb``)."""
+    base = text.rstrip("/").rsplit("/", 1)[-1].split("@")[0]
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        base = base.removesuffix(suffix)
+    base = base.split(":")[0].lower()
+    name = re.sub(r"[^a-z0-9]+", "-", base).strip("-")[:40].strip("-")
+    return name or "image"
+
+
 def check_digest(value: str, field_name: str = "digest") -> str:
     """``sha256:<64 hex>`` or a ValidationError."""
     if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
