@@ -232,6 +232,8 @@ def test_remove_deletes_the_image_its_rootfs_and_its_blobs(
     assert "is not in the cache" in one_line(err.value)
     with pytest.raises(NotFoundError):
         cache.ensure_rootfs(image.digest)
+    cache.remove(keep.digest)  # the layout is empty now (umoci writes "manifests": null)
+    assert cache.import_archive(tiny_oci, "again").digest == image.digest
 
 
 def test_a_crashed_import_is_repaired_by_the_next_one(

@@ -230,7 +230,7 @@ class OciCache:
             return []
         return [
             str(m.get("annotations", {}).get("org.opencontainers.image.ref.name", ""))
-            for m in index.get("manifests", [])
+            for m in (index.get("manifests") or [])
         ]
 
     # -- tools -------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ class OciCache:
 
     def _tagged(self, digest: str) -> str | None:
         index = json.loads((self.layout / "index.json").read_text())
-        for m in index.get("manifests", []):
+        for m in index.get("manifests") or []:
             if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == self._tag(
                 digest
             ):
