@@ -113,7 +113,7 @@ def test_refused_uploads_leave_nothing(cp: Server, tiny_tar: Path, tmp_path: Pat
         )
         error(r, 422)
     assert error(upload(cp, b"not an archive at all", "junk"), 422).startswith(
-        "corrupt archive image-"
+        "corrupt archive 'junk': not a tar archive"
     )
     error(upload(cp, b"", "empty"), 422)
     data = tiny_tar.read_bytes()

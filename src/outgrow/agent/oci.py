@@ -270,14 +270,21 @@ class OciCache:
 
     # -- importing ---------------------------------------------------------------------------
     def import_archive(
-        self, path: Path, name: str, *, expect_digest: str | None = None
+        self,
+        path: Path,
+        name: str,
+        *,
+        expect_digest: str | None = None,
+        label: str | None = None,
     ) -> OciImage:
         """Import an OCI archive, a ``docker save``/``podman save`` archive or an OCI layout
         directory as ``name``. ``expect_digest``: the manifest digest it must have (an
-        archive shipped to an instance)."""
+        archive shipped to an instance). ``label``: how errors name the archive (default
+        its file name; an upload's temporary file means nothing to its sender)."""
         path = Path(path)
-        source = self._source_of(path)
-        return self._import(source, name or path.name, expect_digest, path.name)
+        label = label or path.name
+        source = self._source_of(path, label)
+        return self._import(source, name or path.name, expect_digest, label)
 
     def pull(self, reference: str) -> OciImage:
         """Pull ``reference`` (``[docker://]host/name[:tag][@sha256:…]``) from its registry;
@@ -308,7 +315,7 @@ class OciCache:
                 )
         return self._import(src, ref, None, ref, tls=tls, source_digest=asked)
 
-    def _source_of(self, path: Path) -> str:
+    def _source_of(self, path: Path, label: str) -> str:
         if path.is_dir():
             if not (path / "oci-layout").is_file():
                 raise ValidationError(f"{path} is a directory but not an OCI layout", field="path")
@@ -327,9 +334,9 @@ class OciCache:
             why = "not a tar archive (plain, gzip, bzip2 or xz)"
             if not isinstance(exc, tarfile.ReadError) or "opened successfully" not in str(exc):
                 why = " ".join(str(exc).split()) or type(exc).__name__
-            raise ValidationError(f"corrupt archive {path.name}: {why}", field="path") from exc
+            raise ValidationError(f"corrupt archive {label}: {why}", field="path") from exc
         raise ValidationError(
-            f"corrupt archive {path.name}: neither an OCI archive nor a docker save archive",
+            f"corrupt archive {label}: neither an OCI archive nor a docker save archive",
             field="path",
         )
 

@@ -46,8 +46,6 @@ def image_import(path: Path, name: str | None, as_json: bool) -> None:
     layout directory (sent as a tar). The control plane verifies and unpacks it."""
     name = image_name(name or suggest_name(path.name))
     t0 = time.monotonic()
-    if not as_json:
-        say(f"uploading {path} as image {name}")
     with connect() as c:
         view = c.import_image(path, name)
     _report(view, time.monotonic() - t0, as_json, "imported")

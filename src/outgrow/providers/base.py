@@ -138,7 +138,7 @@ class Provider(ABC):
         """Import an image archive (or OCI layout directory) into the host cache and unpack
         it: the image and what its rootfs offers."""
         cache = self.oci_cache()
-        image = cache.import_archive(archive, name)
+        image = cache.import_archive(archive, name, label=f"'{name}'")
         return image, self._unpacked(cache, image, progress)
 
     def pull_image(
