@@ -58,7 +58,7 @@ class Views:
     def image_of(self, rec: JobRecord) -> ImageSpec | None:
         try:
             return self.images.for_job(rec.spec)
-        except NotFoundError:  # removed since the job was submitted
+        except (NotFoundError, ValidationError):  # removed (or replaced) since submitted
             return None
 
     def url(self, rec: JobRecord, image: ImageSpec | None) -> str | None:
