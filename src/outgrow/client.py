@@ -306,8 +306,9 @@ class Client:
         body = {"name": name, "pip": pip, "base": base, "description": description}
         return self._model(ImageView, "POST", "/images", json=body)
 
-    def remove_image(self, name: str) -> None:
-        self._json("DELETE", "/images/" + quote(name, safe=""))
+    def remove_image(self, name: str, timeout: float = 300) -> None:
+        # an OCI image's rootfs (hundreds of MiB) is deleted before the answer
+        self._json("DELETE", "/images/" + quote(name, safe=""), timeout=timeout)
 
     def import_image(
         self, path: str | Path, name: str | None = None, timeout: float = 3600
