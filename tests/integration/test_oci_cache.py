@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ def one_line(exc: BaseException) -> str:
 @pytest.fixture(scope="module")
 def jupyter(
     jupyter_oci_archive: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[OciCache, OciImage, dict[str, float]]:
+) -> Iterator[tuple[OciCache, OciImage, dict[str, float]]]:
     cache = OciCache(tmp_path_factory.mktemp("cache"))
     t0 = time.monotonic()
     image = cache.import_archive(jupyter_oci_archive, "jupyter-test")
@@ -68,7 +70,8 @@ def jupyter(
         f" unpack {times['unpack_s']:.1f} s"
     )
     assert sum(1 for ln in lines if ln.startswith("unpacking image")) == 1, lines
-    return cache, image, times
+    yield cache, image, times
+    shutil.rmtree(cache.root, ignore_errors=True)  # hundreds of MiB: not for pytest to keep
 
 
 def test_jupyter_image_imports_with_its_config(

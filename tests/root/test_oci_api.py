@@ -5,6 +5,7 @@ nothing behind, and removal refused while a job uses the image."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory, oci_registry: Any) -> Iterator[
         oci_insecure_registries=[oci_registry.host],
     ) as server:
         yield server
+    shutil.rmtree(tmp / "images", ignore_errors=True)  # hundreds of MiB of rootfs
 
 
 def cache_of(cp: Server) -> OciCache:

@@ -7,6 +7,7 @@ images is the runtime's part)."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("cp")
     with control_plane(tmp, image_cache_dir=tmp / "images") as server:
         yield server
+    shutil.rmtree(tmp / "images", ignore_errors=True)  # hundreds of MiB of rootfs
 
 
 def upload(cp: Server, path: Path, name: str) -> dict[str, Any]:
