@@ -254,3 +254,55 @@ def pg_url(pg: Any) -> Iterator[str]:
     yield url
     if pg.running():
         pg.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def jupyter_oci_archive() -> Path:
+    """The real Jupyter test image as an OCI archive (tests/oci_image.py): built once per
+    machine (a few minutes), then taken from /var/cache/outgrow/test-images."""
+    from oci_image import jupyter_archive, missing_tools
+
+    if not ROOT or missing_tools():
+        pytest.skip(f"needs root and {', '.join(missing_tools()) or 'root'} (make setup)")
+    path, seconds = jupyter_archive()
+    if seconds is not None:
+        print(f"\nbuilt the Jupyter test image in {seconds:.1f} s: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_oci(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-layer OCI layout (a whiteout in the second), no shell, no python, no jupyter."""
+    from oci_image import missing_tools, tiny_layout
+
+    if not ROOT or missing_tools():
+        pytest.skip("needs root, skopeo and umoci (make setup)")
+    return tiny_layout(tmp_path_factory.mktemp("tiny") / "layout")
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real registry (Debian's docker-registry) on loopback for pulls."""
+    import shutil
+
+    import httpx
+
+    from cp_server import free_port
+    from oci_image import Registry
+    from waiting import wait_until
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (make setup)")
+    reg = Registry(tmp_path_factory.mktemp("registry"), free_port())
+    reg.start()
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://{reg.host}/v2/", timeout=1).status_code == 200,
+            timeout=20,
+            what=f"the registry to answer at {reg.host}",
+            ignore=(httpx.HTTPError,),
+            context=lambda: (reg.root / "registry.log").read_text()[-2000:],
+        )
+        yield reg
+    finally:
+        reg.stop()

@@ -7,6 +7,7 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     OutgrowError
     ├── ConfigError            settings, catalog or image spec is invalid
     ├── ValidationError        user input is malformed (names the field)
+    ├── TooLargeError          an upload is over its size limit (HTTP 413)
     ├── NotFoundError          unknown job, instance, image, template, type
     ├── ConflictError          duplicate name, illegal state transition
     ├── AuthError              missing/invalid credentials, not allowed
@@ -55,6 +56,10 @@ class ConfigError(OutgrowError):
 
 class ValidationError(OutgrowError):
     code = "invalid"
+
+
+class TooLargeError(OutgrowError):
+    code = "too_large"
 
 
 class NotFoundError(OutgrowError):

@@ -14,11 +14,13 @@ from outgrow.errors import (
     NotFoundError,
     OutgrowError,
     StoreUnavailable,
+    TooLargeError,
     ValidationError,
 )
 
 STATUS: list[tuple[type[OutgrowError], int]] = [
     (ValidationError, 422),
+    (TooLargeError, 413),
     (AuthError, 401),
     (NotFoundError, 404),
     (ConflictError, 409),

@@ -22,6 +22,16 @@ class Settings(BaseSettings):
         Path("/var/cache/outgrow/images"),
         description="Host-wide cache of built images (virtualenvs), keyed by content hash.",
     )
+    image_upload_max_bytes: int = Field(
+        16 * 1024**3,
+        gt=0,
+        description="Largest image archive `POST /api/v1/images/import` takes (bigger: 413).",
+    )
+    oci_insecure_registries: list[str] = Field(
+        default_factory=list,
+        description="Registries (host:port) pulled from over plain HTTP or unverified TLS, "
+        'as JSON, e.g. ["127.0.0.1:5000"]. Every other registry is verified.',
+    )
     criu_path: Path = Field(
         Path("/opt/outgrow/criu/sbin/criu"),
         description="CRIU binary (>= 4.2). `make setup` installs it here.",

@@ -704,6 +704,51 @@ def test_images(store: Store, alice: int) -> None:
     assert [i.name for i in store.list_images()] == ["jupyter-lab"]
 
 
+def test_oci_images(store: Store, alice: int) -> None:
+    digest = "sha256:" + "ab" * 32
+    oci = ImageView(
+        name="nb",
+        kind="python",
+        pip=[],
+        description="a notebook image",
+        default_port=8888,
+        format="oci",
+        oci={"digest": digest, "reference": "nb.tar"},
+        size_bytes=123_456_789_012,
+        config={"cmd": ["jupyter", "server"], "exposed_ports": ["8888/tcp"]},
+        labels={"org.opencontainers.image.description": "a notebook image"},
+    )
+    added = store.add_image(oci, alice)
+    assert added == oci.model_copy(update={"owner": "alice"})
+    assert added.digest == digest
+    store.set_image_facts("nb", {"has_sh": True, "found": {"jupyter": "/usr/bin/jupyter"}})
+    got = store.get_image("nb")
+    assert got is not None and got.facts == {
+        "has_sh": True,
+        "found": {"jupyter": "/usr/bin/jupyter"},
+    }
+    with pytest.raises(NotFoundError):
+        store.set_image_facts("nope", {})
+    venv = store.add_image(ImageView(name="plain", kind="python", pip=["six"]), alice)
+    assert venv.format == "venv" and venv.oci is None and venv.labels == {}
+
+
+def test_upgrade_from_0001_keeps_venv_images(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    command.upgrade(alembic_config(url), "0001")
+    with sqlite3.connect(tmp_path / "old.db") as raw:
+        raw.execute(
+            "INSERT INTO images (name, kind, pip, description, docs, builtin, created_at) "
+            "VALUES ('old', 'python', '[\"six\"]', '', '', 0, '2026-01-01 00:00:00')"
+        )
+    store = Store.open(url)
+    try:
+        old = store.get_image("old")
+        assert old is not None and old.format == "venv" and old.pip == ["six"]
+    finally:
+        store.close()
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 

@@ -103,7 +103,13 @@ def policy_options(f: Any) -> Any:
     "script_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="The job script (python images).",
+    help="The job script (python and OCI images).",
+)
+@click.option(
+    "--jupyter",
+    type=click.Choice(["lab", "server"]),
+    help="OCI images: run the image's own JupyterLab or Jupyter Server (outgrow's token "
+    "and stable URL) instead of its command.",
 )
 @click.option("--template", metavar="NAME", help="Start from a saved template.")
 @wait_option
@@ -122,6 +128,7 @@ def submit(
     publish: list[str] | None,
     allow_cidr: list[str] | None,
     script_path: Path | None,
+    jupyter: str | None,
     template: str | None,
     wait: bool,
     wait_timeout: float,
@@ -142,6 +149,7 @@ def submit(
         "publish": publish,
         "allow_cidr": allow_cidr,
         "script": read_script(script_path) if script_path is not None else None,
+        "jupyter": jupyter,
     }
     data = merge_fields(load_job_file(job_file) if job_file else {}, flags)
     with connect() as c:

@@ -182,11 +182,9 @@ def _check_writable(root: Path) -> None:
         )
 
 
-@image.command("build")
-@click.argument("name")
-@json_option
-def image_build(name: str, as_json: bool) -> None:
-    """Build a builtin image into the host's cache (pip output on stderr)."""
+def build_builtin(name: str, as_json: bool) -> None:
+    """``outgrow image build NAME``: build a builtin image into the host's cache (pip
+    output on stderr). The command itself is in cli/oci.py (it also builds Containerfiles)."""
     spec = builtin_image(name)
     cache = ImageCache(state().settings.image_cache_dir)
     h = cache.hash_of(spec)

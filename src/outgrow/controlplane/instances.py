@@ -64,7 +64,7 @@ class Instances:
     def security_group(self, job: JobRecord) -> SecurityGroup:
         """The job's security group: every instance of the job the same rules."""
         try:
-            image = self.images.spec(job.spec.image)
+            image = self.images.for_job(job.spec)
             return SecurityGroup.from_spec(
                 job.id, job.spec, default_ports(image.kind, image.default_port)
             )

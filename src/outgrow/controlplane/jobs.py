@@ -61,12 +61,16 @@ MIGRATION_TIMINGS = (
 )
 
 
-def start_request(job: JobRecord, image: ImageSpec) -> StartJob:
-    """What the agent needs to start ``job`` from ``image``."""
+def start_request(job: JobRecord, image: ImageSpec, archive_url: str | None = None) -> StartJob:
+    """What the agent needs to start ``job`` from ``image`` (an OCI image's archive, when
+    the provider shipped it: ``image.oci["archive_url"]``, see agent/oci_ship.py)."""
+    body = ImageBody.of(image)
+    if body.oci is not None and archive_url:
+        body = body.model_copy(update={"oci": {**body.oci, "archive_url": archive_url}})
     return StartJob(
         job_id=job.id,
         kind=image.kind,
-        image=ImageBody.of(image),
+        image=body,
         script=job.spec.script,
         env=job.spec.env,
         port=image.port or DEFAULT_JUPYTER_PORT,
@@ -151,10 +155,12 @@ class JobActions:
             self._to(job_id, S.INITIALIZING, "choosing an instance")
         cancel = self.token(job_id)
         try:
-            image = self.images.spec(job.spec.image)
+            image = self.images.for_job(job.spec)
             itype = self.instances.initial_type(job)
             self.store.add_event(job_id, "info", f"preparing image {image.name}")
             self.provider.prepare_image(image, cancel=cancel)
+            self.images.check_job(job.spec)  # an OCI rootfs unpacked just now
+            url = self.provider.image_archive_url(image.oci.digest) if image.oci else None
             inst = self.instances.create(job, itype, cancel=cancel)
         except CancelledError:
             raise
@@ -168,7 +174,7 @@ class JobActions:
         self.store.update_job(job_id, current_instance_id=inst.id)
         where = f"instance {inst.id} ({itype.name}, {itype.describe()}) at {inst.address}"
         self._to(job_id, S.STARTING, where)
-        self._run_on(job_id, inst, lambda a: a.start_job(start_request(job, image)))
+        self._run_on(job_id, inst, lambda a: a.start_job(start_request(job, image, url)))
 
     def await_start(self, job_id: str) -> None:
         """The job was Starting when the control plane restarted and its agent still

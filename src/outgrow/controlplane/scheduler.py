@@ -268,7 +268,7 @@ class Scheduler(threading.Thread):
         if time.time() - checked < IDLE_CHECK_EVERY:
             return since
         try:
-            port = self.images.spec(rec.spec.image).port or DEFAULT_JUPYTER_PORT
+            port = self.images.for_job(rec.spec).port or DEFAULT_JUPYTER_PORT
         except NotFoundError:
             port = DEFAULT_JUPYTER_PORT
         base = f"http://{inst.address}:{port}/jobs/{rec.id}/api/"

@@ -73,7 +73,7 @@ class ControlPlane:
         self.provider = provider
         self.stopping = threading.Event()
         self.accounts = Accounts(store)
-        self.images = Images(store)
+        self.images = Images(store, provider)
         self.lifecycle = Lifecycle(store)
         self.instances = Instances(store, provider, self.images, self.stopping)
         self.catalog = self.instances.catalog
@@ -189,7 +189,7 @@ class ControlPlane:
 
     # ---- jobs: changing -------------------------------------------------------------
     def submit(self, actor: UserView, spec: JobSpec) -> JobView:
-        image = self.images.spec(spec.image)  # NotFoundError names the image
+        image = self.images.check_job(spec)  # NotFoundError names the image
         if spec.instance_type:
             self.catalog.get(spec.instance_type)
         else:
@@ -198,7 +198,7 @@ class ControlPlane:
                 raise ValidationError(
                     f"no instance type fits -c {spec.cpu} -m {spec.mem}", field="mem"
                 )
-        if not image.is_jupyter and not spec.script.strip():
+        if not image.is_jupyter and not image.is_oci and not spec.script.strip():
             raise ValidationError("a python job needs a job script", field="script")
         if spec.idle_timeout_s is None and image.is_jupyter:
             spec = spec.model_copy(update={"idle_timeout_s": JUPYTER_IDLE_DEFAULT_S})

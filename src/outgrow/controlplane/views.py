@@ -56,8 +56,8 @@ class Views:
 
     def image_of(self, rec: JobRecord) -> ImageSpec | None:
         try:
-            return self.images.spec(rec.spec.image)
-        except NotFoundError:  # removed since the job was submitted
+            return self.images.for_job(rec.spec)
+        except (NotFoundError, ValidationError):  # removed (or replaced) since submitted
             return None
 
     def url(self, rec: JobRecord, image: ImageSpec | None) -> str | None:

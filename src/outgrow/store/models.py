@@ -122,6 +122,16 @@ class Image(Base):
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # OCI images (format "oci", revision 0002): the manifest digest in the host cache,
+    # where it came from, its blobs' size, its parsed config and labels, and what its
+    # rootfs offers (RootfsFacts) once it was unpacked.
+    format: Mapped[str] = mapped_column(String(8), default="venv", server_default="venv")
+    oci_digest: Mapped[str | None] = mapped_column(String(71), default=None, index=True)
+    oci_reference: Mapped[str | None] = mapped_column(Text, default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    oci_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    oci_facts: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Template(Base):

@@ -52,6 +52,7 @@ from typing import Any
 
 from outgrow.agentapi.client import AgentClient
 from outgrow.cancel import Cancel, check, pause
+from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
 from outgrow.domain.storage import JobStorage, StorageKind
@@ -59,11 +60,11 @@ from outgrow.errors import AgentError, ConfigError, NotFoundError, OutgrowError,
 from outgrow.providers.aws import groups, launch
 from outgrow.providers.aws.account import Account
 from outgrow.providers.aws.catalog import InstanceCatalog
+from outgrow.providers.aws.images import ImageShipping
 from outgrow.providers.aws.prices import PriceTable, load_price_table
 from outgrow.providers.aws.secgroups import SecurityGroups, sg_name
 from outgrow.providers.aws.settings import AwsSettings
 from outgrow.providers.aws.tags import (
-    KIND_JOB_VOLUME,
     LIVE_STATES,
     NOT_GONE,
     STATE_MAP,
@@ -197,6 +198,40 @@ class AwsProvider(Provider):
         """Delete the job's security group (when the job ended); waits while instances
         that are shutting down still hold it. Nothing to do when there is none."""
         self.groups.delete(job_id, timeout)
+
+    # ---- OCI images (providers/aws/images.py) -----------------------------------------
+    def _shipping(self) -> ImageShipping | None:
+        return ImageShipping(self._store(), self.oci_cache()) if self.aws.s3_bucket else None
+
+    def prepare_image(
+        self,
+        spec: ImageSpec,
+        progress: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> None:
+        """An OCI image goes to S3 for the instance to fetch (a venv image is built by the
+        agent on its instance)."""
+        check(cancel, "preparing the image")
+        shipping = self._shipping()
+        if spec.oci is not None and shipping is not None:
+            shipping.ship(spec.oci.digest, progress)
+
+    def image_archive_url(self, digest: str) -> str | None:
+        shipping = self._shipping()
+        return shipping.url(digest) if shipping is not None else None
+
+    def image_locations(self, digest: str) -> list[str]:
+        shipping = self._shipping()
+        found = super().image_locations(digest)
+        if shipping is not None and shipping.shipped(digest):
+            found.append(shipping.url(digest))
+        return found
+
+    def remove_image(self, digest: str) -> None:
+        super().remove_image(digest)
+        shipping = self._shipping()
+        if shipping is not None:
+            shipping.delete(digest)
 
     # ---- job storage ------------------------------------------------------------------
     def _store(self) -> CheckpointStore:
@@ -518,30 +553,7 @@ class AwsProvider(Provider):
         iid = instance_id
         if raw is not None:
             iid = tag_dict(raw).get(TAG_INSTANCE, iid)
-        self._delete_volumes([{"Name": f"tag:{TAG_INSTANCE}", "Values": [iid]}])
-
-    def _delete_volumes(self, filters: list[dict[str, Any]]) -> list[str]:
-        """Delete the cluster's detached *instance* volumes matching ``filters`` (those
-        tagged ``outgrow:instance``; a job volume is never one of them)."""
-        removed = []
-        for v in self.adaptor.pages(
-            "ec2",
-            "describe_volumes",
-            "Volumes",
-            Filters=[
-                {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.aws.cluster]},
-                {"Name": "tag-key", "Values": [TAG_INSTANCE]},
-                {"Name": "status", "Values": ["available"]},
-                *filters,
-            ],
-        ):
-            tags = tag_dict(v)
-            if tags.get(TAG_KIND) == KIND_JOB_VOLUME or TAG_INSTANCE not in tags:
-                continue
-            with contextlib.suppress(NotFoundError):
-                self._ec2("delete_volume", VolumeId=v["VolumeId"])
-                removed.append(v["VolumeId"])
-        return removed
+        self.volumes.delete_instance_volumes([{"Name": f"tag:{TAG_INSTANCE}", "Values": [iid]}])
 
     def wait_terminated(self, instance_ids: Collection[str] = (), timeout: float = 600.0) -> None:
         """Until none of ``instance_ids`` (default: the cluster's) is shutting down."""
@@ -570,7 +582,7 @@ class AwsProvider(Provider):
         volumes and the security groups no instance uses any more. Job volumes stay:
         they belong to jobs, not instances (:meth:`delete_job_storage`, :meth:`teardown`)."""
         removed = super().cleanup(keep)
-        removed += [f"volume {v}" for v in self._delete_volumes([])]
+        removed += [f"volume {v}" for v in self.volumes.delete_instance_volumes([])]
         in_use = {
             g["GroupId"] for r in self._raw(states=NOT_GONE) for g in r.get("SecurityGroups", [])
         }

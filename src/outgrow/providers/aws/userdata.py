@@ -55,6 +55,8 @@ PACKAGES = (
     "nftables",
     "iproute2",
     "util-linux",
+    "skopeo",  # OCI images: import the archive shipped through S3, or pull (agent/oci.py)
+    "umoci",
 )
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$")

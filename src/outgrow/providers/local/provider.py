@@ -115,8 +115,11 @@ class LocalProvider(Provider):
         progress: Callable[[str], None] | None = None,
         cancel: Cancel | None = None,
     ) -> None:
-        # Instances have no route out (no NAT by design), so images are built here, on the
-        # host, into the cache every agent of this host reads.
+        # Instances have no route out (no NAT by design), so images are built (venv) or
+        # unpacked (OCI) here, on the host, into the cache every agent of this host reads.
+        if spec.oci is not None:
+            self.oci_cache().ensure_rootfs(spec.oci.digest, progress)
+            return
         ImageCache(self.settings.image_cache_dir).ensure(spec, progress=progress, cancel=cancel)
 
     # ---- records --------------------------------------------------------------------
