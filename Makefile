@@ -29,10 +29,12 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-# Re-resolve the full dependency set after changing pyproject.toml.
+# Re-resolve the full dependency set after changing pyproject.toml. Existing pins are kept
+# (the old lock is a constraint): only what is new is resolved. To move a pin, delete its
+# line from requirements.lock first.
 lock:
 	rm -rf /tmp/outgrow-lock && python3 -m venv /tmp/outgrow-lock
-	/tmp/outgrow-lock/bin/pip install -q '.[dev]'
+	/tmp/outgrow-lock/bin/pip install -q -c requirements.lock '.[dev]'
 	/tmp/outgrow-lock/bin/pip freeze --exclude outgrow > requirements.lock
 
 # Remove netns, links and cgroups left by a crashed run (prefix from OUTGROW_RESOURCE_PREFIX).

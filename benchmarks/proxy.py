@@ -25,7 +25,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import random
 import secrets
 import shutil
 import socket
@@ -243,13 +242,11 @@ def _measure_here(
 
 
 # ---- a control plane of its own -----------------------------------------------------
-def _free_pool() -> str:
-    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    for _ in range(200):
-        n = random.randint(1, 250)
-        if f" 198.19.{n}." not in used:
-            return f"198.19.{n}.0/24"
-    raise RuntimeError("no free 198.19.<n>.0/24 pool")
+def _free_pool(prefix: str) -> str:
+    """A 198.19.<n>.0/24 reserved host-wide for ``prefix`` (no concurrent run gets it)."""
+    from outgrow.providers.local.hoststate import Pools
+
+    return Pools().reserve(prefix)
 
 
 @contextlib.contextmanager
@@ -314,7 +311,7 @@ def run(
     from outgrow.store import Store
 
     prefix = "ob" + secrets.token_hex(2)[:3]
-    pool = _free_pool()
+    pool = _free_pool(prefix)
     data_dir = Path(tempfile.mkdtemp(prefix=f"outgrow-bench-{prefix}-", dir="/var/tmp"))
     settings = Settings(
         data_dir=data_dir, resource_prefix=prefix, address_pool=pool, criu_path=CRIU

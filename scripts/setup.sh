@@ -9,9 +9,14 @@ log() { echo "[setup] $*" >&2; }
 
 # iproute2: netns/veth/bridge; nftables: security groups and CRIU's network lock;
 # util-linux: unshare/nsenter; chromium: the console's browser tests; python3-seccomp: the
-# job sandbox's init (src/outgrow/agent/jobinit.py) loads its seccomp filter with it.
+# job sandbox's init (src/outgrow/agent/jobinit.py) loads its seccomp filter with it;
+# postgresql: the store's tests run a throwaway PostgreSQL 15 cluster (tests/pg.py;
+# initdb/pg_ctl only, the package's own cluster is never used).
+# skopeo + umoci: OCI images (copy from archives, layouts and registries; verify, unpack).
+# Tests only: mmdebstrap builds the test image's Debian rootfs; docker-registry is a real
+# registry on loopback for `outgrow image pull`.
 PKGS="iproute2 nftables util-linux procps python3 python3-venv python3-dev build-essential
-ca-certificates chromium python3-seccomp"
+ca-certificates chromium python3-seccomp postgresql skopeo umoci mmdebstrap docker-registry"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,5 +1,9 @@
 """Shared fixtures. Tests that need root, namespaces, cgroups and CRIU are marked ``root``
-and run for real in CI (which runs as root); elsewhere they are skipped with the reason."""
+and run for real in CI (which runs as root); elsewhere they are skipped with the reason.
+
+As root, the whole session runs under the egress guard (tests/netguard.py): a packet a
+test sends off this host is rejected before it leaves and fails that test, as does a route
+off this host a test adds."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from netguard import EgressGuard
 from outgrow.settings import Settings
 
 ROOT = os.geteuid() == 0
@@ -32,8 +37,72 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+GUARD: EgressGuard | None = None
+GUARD_OFF = ""  # why the guard is not running
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global GUARD, GUARD_OFF
+    if not ROOT:
+        GUARD_OFF = "not root"
+        return
+    guard = EgressGuard()
+    try:
+        guard.start()
+    except (OSError, RuntimeError) as exc:
+        GUARD_OFF = f"cannot start: {exc}"
+        return
+    GUARD = guard
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global GUARD
+    if GUARD is None:
+        return
+    try:
+        problem = GUARD.check()  # e.g. from a session fixture's teardown
+        if problem:
+            GUARD.notes.append(f"at session end: {problem}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        GUARD.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if GUARD is None:
+        terminalreporter.write_line(f"egress guard off ({GUARD_OFF}): packets were not checked")
+        return
+    for note in GUARD.notes:
+        terminalreporter.write_line(f"egress guard: {note}", red=True)
+    terminalreporter.write_line(
+        f"egress guard on (nft table inet {GUARD.table}, uplinks {sorted(GUARD.external)})"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_packet_leaves() -> Iterator[None]:
+    """Fail the test that sent a packet off this host or added a route off it."""
+    yield
+    if GUARD is not None:
+        problem = GUARD.check()
+        if problem:
+            pytest.fail(f"this test broke the no-packet-leaves rule: {problem}", pytrace=False)
+
+
 def unique_prefix() -> str:
-    return "og" + secrets.token_hex(2)[:3]
+    """A resource prefix no netns, link or pool of this host uses yet (concurrent runs
+    pick from the same 4096)."""
+    from outgrow.providers.local.hoststate import RUN_DIR, Pools
+
+    used = {str(e.get("prefix")) for e in Pools().holders().values()} if ROOT else set()
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    names += os.listdir("/sys/class/net")
+    for _ in range(100):
+        prefix = "og" + secrets.token_hex(2)[:3]
+        taken = prefix in used or (RUN_DIR / prefix).exists()
+        if not taken and not any(n.startswith(prefix) for n in names):
+            return prefix
+    raise RuntimeError("no unused resource prefix")
 
 
 def leftovers(prefix: str, path_contains: str | None = None) -> list[str]:
@@ -61,13 +130,24 @@ def leftovers(prefix: str, path_contains: str | None = None) -> list[str]:
     return found
 
 
+def free_pool(prefix: str) -> str:
+    """A 198.19.X.0/24 for ``prefix``, reserved host-wide (``hoststate.Pools``): no other
+    prefix of this or a concurrent run gets it while this run lives or its bridge exists.
+    Without root no bridge can be made, so any pool does."""
+    if not ROOT:
+        return f"198.19.{random.randint(1, 250)}.0/24"
+    from outgrow.providers.local.hoststate import Pools
+
+    return Pools().reserve(prefix)
+
+
 def make_settings(tmp: Path, prefix: str, **overrides: Any) -> Settings:
     """Settings of a test's own provider; ``overrides`` are further Settings fields
     (e.g. ``local_job_storage="volume"``)."""
     fields: dict[str, Any] = {
         "data_dir": tmp,
         "resource_prefix": prefix,
-        "address_pool": f"198.19.{random.randint(1, 250)}.0/24",
+        "address_pool": free_pool(prefix),
         "criu_path": CRIU,
     }
     return Settings(**{**fields, **overrides})
@@ -150,3 +230,79 @@ def local_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     provider.teardown()
     left = leftovers(prefix)
     assert not left, f"leaked: {left}"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Any]:
+    """One throwaway PostgreSQL 15 cluster for the session (tests/pg.py): a real server on
+    127.0.0.1, removed at the end. Tests take their own database: ``pg_url``."""
+    import pg as pgmod
+
+    why = pgmod.unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = pgmod.cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg: Any) -> Iterator[str]:
+    """The URL of a new, empty database on the session's PostgreSQL cluster (dropped after
+    the test)."""
+    url: str = pg.create_database()
+    yield url
+    if pg.running():
+        pg.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def jupyter_oci_archive() -> Path:
+    """The real Jupyter test image as an OCI archive (tests/oci_image.py): built once per
+    machine (a few minutes), then taken from /var/cache/outgrow/test-images."""
+    from oci_image import jupyter_archive, missing_tools
+
+    if not ROOT or missing_tools():
+        pytest.skip(f"needs root and {', '.join(missing_tools()) or 'root'} (make setup)")
+    path, seconds = jupyter_archive()
+    if seconds is not None:
+        print(f"\nbuilt the Jupyter test image in {seconds:.1f} s: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_oci(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-layer OCI layout (a whiteout in the second), no shell, no python, no jupyter."""
+    from oci_image import missing_tools, tiny_layout
+
+    if not ROOT or missing_tools():
+        pytest.skip("needs root, skopeo and umoci (make setup)")
+    return tiny_layout(tmp_path_factory.mktemp("tiny") / "layout")
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real registry (Debian's docker-registry) on loopback for pulls."""
+    import shutil
+
+    import httpx
+
+    from cp_server import free_port
+    from oci_image import Registry
+    from waiting import wait_until
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (make setup)")
+    reg = Registry(tmp_path_factory.mktemp("registry"), free_port())
+    reg.start()
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://{reg.host}/v2/", timeout=1).status_code == 200,
+            timeout=20,
+            what=f"the registry to answer at {reg.host}",
+            ignore=(httpx.HTTPError,),
+            context=lambda: (reg.root / "registry.log").read_text()[-2000:],
+        )
+        yield reg
+    finally:
+        reg.stop()

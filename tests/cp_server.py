@@ -64,10 +64,10 @@ class Server:
 
 
 @contextmanager
-def control_plane(tmp: Path, **overrides: Any) -> Iterator[Server]:
-    """An in-process control plane on the local provider; ``overrides`` are Settings fields
-    (e.g. ``local_job_storage="volume"``)."""
-    prefix = unique_prefix()
+def control_plane(tmp: Path, prefix: str | None = None, **overrides: Any) -> Iterator[Server]:
+    """An in-process control plane on the local provider (its own resource prefix unless
+    given); ``overrides`` are Settings fields (e.g. ``local_job_storage="volume"``)."""
+    prefix = prefix or unique_prefix()
     settings = make_settings(tmp, prefix).model_copy(update=overrides)
     store = Store.open(f"sqlite:///{tmp}/outgrow.db")
     provider = LocalProvider(settings)
@@ -101,7 +101,8 @@ def control_plane(tmp: Path, **overrides: Any) -> Iterator[Server]:
 
 @dataclass
 class ServerProcess:
-    """``outgrow up``'s server function in a child process, which a test may kill -9."""
+    """``outgrow up``'s server function in a child process, which a test may kill -9; with
+    ``cli``, the real ``outgrow up`` command (its start-up messages and one-line errors)."""
 
     tmp: Path
     prefix: str
@@ -109,6 +110,7 @@ class ServerProcess:
     pool: str
     proc: Any = None
     extra_env: dict[str, str] = field(default_factory=dict)  # more OUTGROW_* settings
+    cli: bool = False
 
     @property
     def api(self) -> str:
@@ -128,31 +130,42 @@ class ServerProcess:
             **self.extra_env,
         }
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start it; with ``wait``, until it answers (else see :meth:`wait_healthy`)."""
         import subprocess
         import sys
 
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        argv = [
+            sys.executable,
+            "-c",
+            "from outgrow.server import serve\n"
+            "from outgrow.settings import Settings\nserve(Settings())",
+        ]
+        if self.cli:
+            argv = [sys.executable, "-m", "outgrow.cli", "up"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from outgrow.server import serve\n"
-                "from outgrow.settings import Settings\nserve(Settings())",
-            ],
+            argv,
             env=self.env(),
             stdout=log,
             stderr=log,
             start_new_session=True,
         )
+        if wait:
+            self.wait_healthy()
 
+    def log(self) -> str:
+        path = self.tmp / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_healthy(self, timeout: float = 30) -> None:
         def health() -> httpx.Response:
             assert self.proc.poll() is None, (self.tmp / "server.log").read_text()
             return httpx.get(self.api + "/health", timeout=1)
 
         wait_until(
             health,
-            timeout=30,
+            timeout=timeout,
             interval=0.1,
             what=f"the server to answer at {self.api}",
             ignore=(httpx.HTTPError,),

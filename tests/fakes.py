@@ -5,6 +5,7 @@ to move a job. Every call they receive is recorded so tests can assert what was 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -181,6 +182,7 @@ class FakeProvider(Provider):
         spot: bool = False,
         tags: Mapping[str, str] | None = None,
         security_group: SecurityGroup | None = None,
+        cancel: threading.Event | None = None,
     ) -> InstanceInfo:
         self._n += 1
         iid = f"fake{self._n:04d}"

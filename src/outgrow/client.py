@@ -26,8 +26,12 @@ OutgrowError and mapped onto ``outgrow.errors`` so callers can catch either::
 
 from __future__ import annotations
 
+import os
+import tarfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -44,6 +48,7 @@ from outgrow.domain.jobs import (
     TokenView,
     UserView,
 )
+from outgrow.domain.oci import suggest_name
 from outgrow.domain.states import TERMINAL_STATES
 from outgrow.errors import (
     AuthError,
@@ -301,8 +306,40 @@ class Client:
         body = {"name": name, "pip": pip, "base": base, "description": description}
         return self._model(ImageView, "POST", "/images", json=body)
 
-    def remove_image(self, name: str) -> None:
-        self._json("DELETE", "/images/" + quote(name, safe=""))
+    def remove_image(self, name: str, timeout: float = 300) -> None:
+        # an OCI image's rootfs (hundreds of MiB) is deleted before the answer
+        self._json("DELETE", "/images/" + quote(name, safe=""), timeout=timeout)
+
+    def import_image(
+        self, path: str | Path, name: str | None = None, timeout: float = 3600
+    ) -> ImageView:
+        """Upload an image archive (OCI archive, ``docker save``/``podman save``) or an OCI
+        layout directory (tarred on the fly: an OCI archive is that tar) and register it
+        as ``name`` (default: from the file name). The server verifies and unpacks it."""
+        path = Path(path)
+        if not path.exists():
+            raise ValidationError(f"no such file or directory: {path}", field="path")
+        name = name or suggest_name(path.name)
+        body = _tar_stream(path) if path.is_dir() else _file_stream(path)
+        headers = {"Content-Type": "application/x-tar"}
+        if path.is_file():
+            headers["Content-Length"] = str(path.stat().st_size)
+        return self._model(
+            ImageView,
+            "POST",
+            "/images/import",
+            params={"name": name},
+            content=body,
+            headers=headers,
+            timeout=timeout,
+        )
+
+    def pull_image(
+        self, reference: str, name: str | None = None, timeout: float = 3600
+    ) -> ImageView:
+        """Have the control plane pull ``reference`` from its registry."""
+        body = {"reference": reference, "name": name}
+        return self._model(ImageView, "POST", "/images/pull", json=body, timeout=timeout)
 
     # ---- jobs ---------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any] | JobSpec) -> JobView:
@@ -456,6 +493,39 @@ class Client:
     def last_event_id(self, ref: str) -> int:
         """The id of the job's newest event (0 if none): the ``after_event`` of a wait."""
         return max((e.id for e in self.events(ref)), default=0)
+
+
+CHUNK = 1024 * 1024
+
+
+def _file_stream(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _tar_stream(path: Path) -> Iterator[bytes]:
+    """A directory as a tar, produced while it is sent (never the whole tar in memory or
+    on disk): a thread writes it into a pipe this generator reads."""
+    r, w = os.pipe()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with os.fdopen(w, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+                for p in sorted(path.rglob("*")):
+                    tar.add(p, arcname=str(p.relative_to(path)), recursive=False)
+        except BaseException as exc:  # reported by the reader
+            failed.append(exc)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    with os.fdopen(r, "rb") as src:
+        while chunk := src.read(CHUNK):
+            yield chunk
+    t.join()
+    if failed:
+        raise ValidationError(f"cannot read the layout {path}: {failed[0]}", field="path")
 
 
 def _failed(job: JobView, status: str, reason: str) -> str:

@@ -7,9 +7,11 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     OutgrowError
     ├── ConfigError            settings, catalog or image spec is invalid
     ├── ValidationError        user input is malformed (names the field)
+    ├── TooLargeError          an upload is over its size limit (HTTP 413)
     ├── NotFoundError          unknown job, instance, image, template, type
     ├── ConflictError          duplicate name, illegal state transition
     ├── AuthError              missing/invalid credentials, not allowed
+    ├── StoreUnavailable       the database cannot be reached (503: try again)
     ├── CapacityError          nothing fits (NoAvailableHost)
     ├── ProviderError          creating/deleting an instance failed
     ├── RuntimeFailure         starting/stopping a job, cgroup/namespace work failed
@@ -19,7 +21,8 @@ Lower layers translate OS/CRIU/cloud errors at their boundary with ``raise … f
     │   └── TransferError      moving checkpoint images between agents failed
     ├── MigrationError         a migration did not complete (job left on the source)
     │   └── JobLostError       … and the job could not be brought back on the source
-    └── AgentError             an agent could not be reached, or broke the agent protocol
+    ├── AgentError             an agent could not be reached, or broke the agent protocol
+    └── CancelledError         a long action was cancelled (outgrow cancel) while it waited
 
 An agent's own error answers carry these codes; its client (``outgrow.agentapi.client``)
 raises the same class again on the caller's side (:func:`error_class`), so a conflict on an
@@ -55,6 +58,10 @@ class ValidationError(OutgrowError):
     code = "invalid"
 
 
+class TooLargeError(OutgrowError):
+    code = "too_large"
+
+
 class NotFoundError(OutgrowError):
     code = "not_found"
 
@@ -69,6 +76,13 @@ class AuthError(OutgrowError):
 
 class CapacityError(OutgrowError):
     code = "no_capacity"
+
+
+class StoreUnavailable(OutgrowError):
+    """The database is down or unreachable: nothing is wrong with the request, and the same
+    request may succeed once the database is back (HTTP 503)."""
+
+    code = "store_unavailable"
 
 
 class ProviderError(OutgrowError):
@@ -105,6 +119,13 @@ class JobLostError(MigrationError):
 
 class AgentError(OutgrowError):
     code = "agent"
+
+
+class CancelledError(OutgrowError):
+    """A wait (agent health, image build, retry pause, a move's step) was cut short by a
+    cancel: the action stops, cleans up what it made, and the job ends Cancelled."""
+
+    code = "cancelled"
 
 
 def _classes(root: type[OutgrowError]) -> list[type[OutgrowError]]:

@@ -13,20 +13,25 @@ from outgrow.errors import (
     ConflictError,
     NotFoundError,
     OutgrowError,
+    StoreUnavailable,
+    TooLargeError,
     ValidationError,
 )
 
 STATUS: list[tuple[type[OutgrowError], int]] = [
     (ValidationError, 422),
+    (TooLargeError, 413),
     (AuthError, 401),
     (NotFoundError, 404),
     (ConflictError, 409),
     (CapacityError, 409),
+    (StoreUnavailable, 503),
 ]
 
 
 def status_for(exc: OutgrowError) -> int:
-    """4xx for what the caller can fix, 500 for the rest."""
+    """4xx for what the caller can fix, 503 for a database that is away (try again later),
+    500 for the rest."""
     return next((code for t, code in STATUS if isinstance(exc, t)), 500)
 
 

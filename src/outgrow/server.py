@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -15,9 +16,12 @@ from fastapi import FastAPI
 
 from outgrow import credentials, web
 from outgrow.api.app import create_api
+from outgrow.controlplane.datadir import DataDirLock
 from outgrow.controlplane.service import ControlPlane
+from outgrow.errors import StoreUnavailable
 from outgrow.proxy import ProxyRoute, StableUrlProxy
 from outgrow.settings import Settings
+from outgrow.store import Store
 
 log = logging.getLogger("outgrow.server")
 
@@ -37,16 +41,24 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
 
 def serve(settings: Settings, *, write_credentials: bool = True) -> None:
-    import uvicorn
-
     from outgrow import logs
-    from outgrow.providers.base import get_provider
-    from outgrow.store import Store
 
     logs.setup(settings.log_format, settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before anything: a second control plane here refuses, naming the first
+    try:
+        _serve(settings, write_credentials)
+    finally:
+        lock.release()
+
+
+def _serve(settings: Settings, write_credentials: bool) -> None:
+    import uvicorn
+
+    from outgrow.providers.base import get_provider
+
     url = settings.database_url or f"sqlite:///{settings.data_dir / 'outgrow.db'}"
-    store = Store.open(url)
+    store = open_store(url, settings.database_wait_s)
     provider = get_provider(settings.provider, settings)
     public = f"http://{settings.host}:{settings.port}"
     plane = ControlPlane(settings, store, provider, public_url=public)
@@ -88,6 +100,31 @@ def serve(settings: Settings, *, write_credentials: bool = True) -> None:
     finally:
         plane.stop()
         store.close()
+
+
+def open_store(url: str, wait_s: float) -> Store:
+    """``Store.open``, retried while the database cannot be reached (a PostgreSQL still
+    starting, or restarting) for up to ``wait_s`` seconds, with one line on stderr per try;
+    then StoreUnavailable, whose one-line message names the URL without its password."""
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            return Store.open(url)
+        except StoreUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"{exc.message} (gave up after {wait_s:g} s; OUTGROW_DATABASE_WAIT_S)",
+                    detail=exc.detail,
+                ) from exc
+            print(
+                f"outgrow: {exc.message}; retrying ({left:.0f} s left)",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -22,6 +22,16 @@ class Settings(BaseSettings):
         Path("/var/cache/outgrow/images"),
         description="Host-wide cache of built images (virtualenvs), keyed by content hash.",
     )
+    image_upload_max_bytes: int = Field(
+        16 * 1024**3,
+        gt=0,
+        description="Largest image archive `POST /api/v1/images/import` takes (bigger: 413).",
+    )
+    oci_insecure_registries: list[str] = Field(
+        default_factory=list,
+        description="Registries (host:port) pulled from over plain HTTP or unverified TLS, "
+        'as JSON, e.g. ["127.0.0.1:5000"]. Every other registry is verified.',
+    )
     criu_path: Path = Field(
         Path("/opt/outgrow/criu/sbin/criu"),
         description="CRIU binary (>= 4.2). `make setup` installs it here.",
@@ -36,6 +46,12 @@ class Settings(BaseSettings):
         "198.18.0.0/16",
         description="IPv4 pool for local instance addresses (the first is the host bridge). "
         "Tests use 198.19.0.0/16, so they never collide with a running control plane.",
+    )
+    run_dir: Path = Field(
+        Path("/run/outgrow"),
+        description="Host-wide state of the local provider, shared by every control plane "
+        "of this host: address pools per resource prefix and instance addresses with their "
+        "owners (on tmpfs: it goes at reboot with the network namespaces).",
     )
     catalog_path: Path | None = Field(
         None, description="YAML instance-type catalog overriding the packaged one."
@@ -73,7 +89,15 @@ class Settings(BaseSettings):
         None, description="Password of the 'admin' user created on first start (else generated)."
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is SQLite (WAL) in the data dir."
+        None,
+        description="SQLAlchemy URL; default is SQLite (WAL) in the data dir. PostgreSQL: "
+        "postgresql://user:password@host:5432/db (needs outgrow[postgres]).",
+    )
+    database_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long `outgrow up` keeps retrying a database it cannot reach at "
+        "start before it gives up (0: try once).",
     )
     proxy_hold_seconds: float = Field(
         120.0,

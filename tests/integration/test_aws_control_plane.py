@@ -11,6 +11,11 @@ job's instance is launched for real (in moto), nobody answers its agent port, an
 must fail with the health-timeout error, its instance terminated and its security group
 deleted. Every assertion about "AWS" reads the state back from moto with boto3.
 
+The fake VPC's addresses must not be reached for real: polling an agent there would send
+packets through the default route to a private network outside this machine. So the VPC
+gets a range of its own fenced off by an ``unreachable`` route for the module
+(``netguard.fenced_range``; root only): every connection there fails at once, locally.
+
 The control plane runs without root's privileges: as the test's user, or, when the tests
 run as root, in a fresh user namespace (``unshare --user``: uid ``nobody``, no capability
 in the host's namespaces) — the aws path needs no root, unlike the local provider.
@@ -31,8 +36,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +49,7 @@ import pytest
 boto3 = pytest.importorskip("boto3", reason="outgrow[aws] not installed")
 moto_server = pytest.importorskip("moto.server", reason="moto not installed (dev extra)")
 
+from netguard import fenced_range  # noqa: E402
 from outgrow.providers.aws.prices import load_price_table  # noqa: E402
 from waiting import wait_for_value, wait_until  # noqa: E402
 
@@ -49,9 +57,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 REGION = "eu-west-1"
 AZ = "eu-west-1b"
-VPC_CIDR = "10.213.0.0/16"  # a range nothing on this host routes to: no agent can answer
-SUBNET_CIDR = "10.213.7.0/24"
-HEALTH_TIMEOUT_S = 6.0  # OUTGROW_AWS_AGENT_HEALTH_TIMEOUT_S (900 s by default)
+# OUTGROW_AWS_AGENT_HEALTH_TIMEOUT_S (900 s by default): the tests read moto while the control
+# plane waits, which took over 6 s on a loaded 2-core host
+HEALTH_TIMEOUT_S = 20.0
 ALLOW_TYPES = "t3.*,m5.*,c5.*"
 DENY_TYPES = "t3.nano,t3.micro,*.24xlarge"
 ALLOW_CIDR = "203.0.113.0/24"
@@ -79,6 +87,7 @@ class FakeAccount:
     ami: str
     ssm_parameter: str
     bucket: str
+    vpc_cidr: str  # fenced: unreachable from this host, nothing is sent there
 
     def client(self, service: str) -> Any:
         session = boto3.session.Session(
@@ -88,7 +97,16 @@ class FakeAccount:
 
 
 @pytest.fixture(scope="module")
-def account() -> Iterator[FakeAccount]:
+def vpc_cidr() -> Iterator[str]:
+    """The fake VPC's range, fenced off on this host for the module (see the docstring)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to fence the fake VPC's range (no packet may leave the host)")
+    with fenced_range("10.0.0.0/8", 16) as cidr:
+        yield cidr
+
+
+@pytest.fixture(scope="module")
+def account(vpc_cidr: str) -> Iterator[FakeAccount]:
     """moto's server (fake AWS) on a free port with a fresh account set-up."""
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -100,8 +118,9 @@ def account() -> Iterator[FakeAccount]:
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
         )
         ec2 = session.client("ec2", endpoint_url=endpoint)
-        vpc = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=SUBNET_CIDR, AvailabilityZone=AZ)["Subnet"][
+        vpc = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+        subnet_cidr = str(next(ip_network(vpc_cidr).subnets(new_prefix=24)))
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=subnet_cidr, AvailabilityZone=AZ)["Subnet"][
             "SubnetId"
         ]
         ami = ec2.register_image(
@@ -125,6 +144,7 @@ def account() -> Iterator[FakeAccount]:
             ami=ami,
             ssm_parameter=parameter,
             bucket=bucket,
+            vpc_cidr=vpc_cidr,
         )
     finally:
         server.stop()
@@ -519,11 +539,11 @@ def test_job_gets_an_ec2_instance_then_fails_cleanly_without_an_agent(
     assert sg["VpcId"] == account.vpc
     rules = ingress(sg)
     assert (8080, 8080, ALLOW_CIDR) in rules  # --publish 8080:8080 --allow-cidr
-    assert (8080, 8080, VPC_CIDR) in rules  # the control plane (default: the VPC)
-    assert (AGENT_PORT, AGENT_PORT, VPC_CIDR) in rules  # agent API
-    assert (7100, 7199, VPC_CIDR) in rules  # CRIU page server (migrations)
+    assert (8080, 8080, account.vpc_cidr) in rules  # the control plane (default: the VPC)
+    assert (AGENT_PORT, AGENT_PORT, account.vpc_cidr) in rules  # agent API
+    assert (7100, 7199, account.vpc_cidr) in rules  # CRIU page server (migrations)
     assert all(cidr != "0.0.0.0/0" for _, _, cidr in rules)
-    assert {c for _, _, c in rules} == {ALLOW_CIDR, VPC_CIDR}
+    assert {c for _, _, c in rules} == {ALLOW_CIDR, account.vpc_cidr}
     [root] = volumes(account, {"Name": "attachment.instance-id", "Values": [ec2_id]})
     assert root["Encrypted"] and root["VolumeType"] == "gp3"
     assert tags_of(root)["outgrow:instance"] == iid
@@ -569,6 +589,41 @@ def test_job_gets_an_ec2_instance_then_fails_cleanly_without_an_agent(
     shown = plane.cli("show", job, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["status"] == "FailToExecute"
+
+
+def test_cancel_interrupts_the_agent_wait_and_leaves_nothing(
+    plane: ControlPlaneProcess, account: FakeAccount, tmp_path: Path
+) -> None:
+    """moto (fake AWS): `outgrow cancel` while the job's instance waits for its agent
+    (which never answers: the wait would last HEALTH_TIMEOUT_S, 900 s by default): within
+    seconds the job is Cancelled, its instance terminated in moto and its security group
+    deleted."""
+    job = submit(plane, tmp_path, "cancelled")
+    ec2_id = launched(plane, account, job)["InstanceId"]
+    t = time.monotonic()
+    cli = plane.cli("cancel", job)
+    assert cli.returncode == 0, cli.stderr
+    view: dict[str, Any] = wait_for_value(
+        lambda: plane.get(f"/jobs/{job}").json(),
+        lambda v: v["status"] in ("Cancelled", "FailToExecute"),
+        timeout=HEALTH_TIMEOUT_S + 30,
+        interval=0.2,
+        what=f"job {job} to end",
+        context=plane.log,
+    )
+    took = time.monotonic() - t
+    assert view["status"] == "Cancelled", view
+    assert took < HEALTH_TIMEOUT_S / 2, f"the cancel took {took:.1f} s"  # not the timeout
+    assert view["status_reason"] == "cancelled by admin" and view["instance"] is None
+    [gone] = instances(account, {"Name": "instance-id", "Values": [ec2_id]})
+    assert gone["State"]["Name"] in ("shutting-down", "terminated"), plane.log()
+    eventually(
+        lambda: groups(account, {"Name": "group-name", "Values": [f"outgrow-sg-{job}"]}) == [],
+        15,
+        f"security group outgrow-sg-{job} deleted",
+        plane.log,
+    )
+    assert instances(account, tag("outgrow:job", job), LIVE) == []
 
 
 def test_sigterm_stops_the_control_plane_and_leaves_nothing_running(

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import leftovers, unique_prefix
+from conftest import free_pool, leftovers, unique_prefix
 from jupyter_ws import KernelSession, create_kernel
 from waiting import wait_for_value
 
@@ -52,16 +52,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_pool() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    used = {ln.split()[0] for ln in routes.splitlines() if ln.startswith("198.19.")}
-    for _ in range(200):
-        pool = f"198.19.{secrets.randbelow(250) + 1}.0/24"
-        if pool not in used:
-            return pool
-    raise RuntimeError("no free 198.19.x.0/24 pool")
-
-
 class Plane:
     """A running `outgrow up` and the CLI pointed at it."""
 
@@ -77,7 +67,7 @@ class Plane:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OUTGROW_")},
             "OUTGROW_RESOURCE_PREFIX": self.prefix,
-            "OUTGROW_ADDRESS_POOL": free_pool(),
+            "OUTGROW_ADDRESS_POOL": free_pool(self.prefix),
             "OUTGROW_ADMIN_PASSWORD": self.password,
             "XDG_CONFIG_HOME": str(self.config),
         }

@@ -18,24 +18,13 @@ from typing import IO, Any
 
 import pytest
 
-from conftest import leftovers, unique_prefix
+from conftest import free_pool, leftovers, unique_prefix
 from waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 _CONSOLE = Path(sys.executable).parent / "outgrow"
 OUTGROW = [str(_CONSOLE)] if _CONSOLE.exists() else [sys.executable, "-m", "outgrow.cli"]
-
-
-def free_pool() -> str:
-    """A 198.19.x.0/24 that no host route uses (another test session may hold one)."""
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    used = {ln.split()[0] for ln in routes.splitlines() if ln.startswith("198.19.")}
-    for _ in range(100):
-        pool = f"198.19.{random.randint(1, 250)}.0/24"
-        if pool not in used:
-            return pool
-    raise RuntimeError("no free 198.19.x.0/24 pool")
 
 
 class Env:
@@ -46,7 +35,7 @@ class Env:
             **{k: v for k, v in os.environ.items() if not k.startswith("OUTGROW_")},
             "OUTGROW_DATA_DIR": str(self.data),
             "OUTGROW_RESOURCE_PREFIX": self.prefix,
-            "OUTGROW_ADDRESS_POOL": free_pool(),
+            "OUTGROW_ADDRESS_POOL": free_pool(self.prefix),
         }
         self.tmp = tmp
 

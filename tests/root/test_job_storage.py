@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import random
 import re
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conftest import free_pool, unique_prefix
 from cp_server import Server, control_plane
 from jupyter_ws import CellOutput, KernelSession, create_kernel
 from outgrow.agent.mounts import loop_devices, mounted_on
@@ -198,13 +198,12 @@ def test_a_failed_volume_move_restores_the_job_on_the_source(
 def s3_cp(tmp_path_factory: pytest.TempPathFactory, moto_s3: Any) -> Iterator[Server]:
     """Job directories and suspend checkpoints in S3 — moto's fake S3, not AWS. The agents
     run in their instances' network namespaces: they reach moto at the bridge address."""
-    net = random.randint(1, 250)
+    prefix = unique_prefix()
+    pool = ipaddress.ip_network(free_pool(prefix))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_from(f"198.19.{net}.1"))
+        mp.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_from(str(pool.network_address + 1)))
         with control_plane(
-            tmp_path_factory.mktemp("jobs3"),
-            local_job_storage="s3",
-            address_pool=f"198.19.{net}.0/24",
+            tmp_path_factory.mktemp("jobs3"), prefix=prefix, local_job_storage="s3"
         ) as server:
             yield server
 

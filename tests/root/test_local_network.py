@@ -1,14 +1,14 @@
 """Real tests of the local provider's host networking (netns + veth + bridge). Needs root.
 
 Every test gets its own resource prefix (``t`` + 4 hex) and its own small pool inside
-198.19.0.0/16 that overlaps no host route, and tears everything down even on failure.
+198.19.0.0/16, reserved host-wide (``hoststate.Pools``: no concurrent run gets it), and
+tears everything down even on failure.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import socket
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 
 from outgrow.errors import ConfigError, ProviderError, ValidationError
 from outgrow.providers.local import network
+from outgrow.providers.local.hoststate import Pools
 from outgrow.providers.local.network import (
     HostNetwork,
     NetnsInfo,
@@ -64,9 +65,8 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as c:
 """
 CREATE = r"""
 import sys
-from pathlib import Path
 from outgrow.providers.local.network import HostNetwork
-net = HostNetwork(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+net = HostNetwork(sys.argv[1], sys.argv[2], sys.argv[3])
 print(net.create(sys.argv[4]).address)
 """
 
@@ -94,22 +94,6 @@ def link_exists(name: str) -> bool:
     return name in link_names()
 
 
-def free_pool(prefixlen: int) -> str:
-    """A random subnet of 198.19.0.0/16 overlapping no host route."""
-    taken = [
-        ip_network(r["dst"], strict=False)
-        for r in ip_json("-4", "route", "show", "table", "all")
-        if r.get("dst") not in (None, "default")
-    ]
-    base = int(IPv4Address("198.19.0.0"))
-    for _ in range(500):
-        n = random.randrange(2 ** (prefixlen - 16))
-        net = IPv4Network((base + n * 2 ** (32 - prefixlen), prefixlen))
-        if not any(net.overlaps(t) for t in taken):
-            return str(net)
-    pytest.fail(f"no free /{prefixlen} in 198.19.0.0/16 (host routes: {taken})")
-
-
 def unique_prefix() -> str:
     for _ in range(100):
         prefix = "t" + secrets.token_hex(2)
@@ -119,8 +103,10 @@ def unique_prefix() -> str:
 
 
 def allocations(net: HostNetwork) -> dict[str, str]:
-    path = net.state_dir / f"network-{net.prefix}.json"
-    return dict(json.loads(path.read_text())["allocations"]) if path.exists() else {}
+    path = net.state_dir / "network.json"
+    if not path.exists():
+        return {}
+    return {k: v["address"] for k, v in json.loads(path.read_text())["allocations"].items()}
 
 
 def assert_gone(net: HostNetwork, instance_id: str) -> None:
@@ -149,15 +135,24 @@ NetFactory = Callable[..., HostNetwork]
 
 @pytest.fixture
 def make_net(tmp_path: Path) -> Iterator[NetFactory]:
-    """make_net(prefixlen=24) -> a HostNetwork with a fresh prefix, pool and state dir.
+    """make_net(prefixlen=24) -> a HostNetwork with a fresh prefix and pool, owned by a
+    fresh owner (a data dir); make_net(like=net) -> another owner on net's prefix and pool
+    (a second control plane on the same host).
 
     The finalizer tears every one down and checks nothing with its prefix is left.
     """
     made: list[HostNetwork] = []
 
-    def make(prefixlen: int = 24) -> HostNetwork:
-        prefix = unique_prefix()
-        net = HostNetwork(prefix, free_pool(prefixlen), tmp_path / prefix)
+    def make(prefixlen: int = 24, like: HostNetwork | None = None) -> HostNetwork:
+        owner = (
+            tmp_path / f"owner{len(made)}"
+        )  # a data dir: its instances are owned while it exists
+        owner.mkdir()
+        if like is not None:
+            net = HostNetwork(like.prefix, str(like.pool), str(owner))
+        else:
+            prefix = unique_prefix()
+            net = HostNetwork(prefix, Pools().reserve(prefix, prefixlen=prefixlen), str(owner))
         made.append(net)
         return net
 
@@ -168,6 +163,7 @@ def make_net(tmp_path: Path) -> Iterator[NetFactory]:
             net.teardown()
         except Exception as exc:
             errors.append(f"teardown {net.prefix}: {exc!r} {getattr(exc, 'detail', '')}")
+    for net in made:
         left = [n for n in netns_names() + link_names() if n.startswith(net.prefix)]
         if left:
             for n in left:  # last resort, so one failure does not pollute the host
@@ -256,7 +252,7 @@ def test_create_two_instances_reachable(
 def test_ensure_bridge_idempotent(net: HostNetwork) -> None:
     net.ensure_bridge()
     net.ensure_bridge()
-    HostNetwork(net.prefix, str(net.pool), net.state_dir).ensure_bridge()
+    HostNetwork(net.prefix, str(net.pool), net.owner).ensure_bridge()
     bridge = ip_json("-d", "addr", "show", "dev", net.bridge_name)[0]
     assert bridge["linkinfo"]["info_kind"] == "bridge" and "UP" in bridge["flags"]
     v4 = [(x["local"], x["prefixlen"]) for x in bridge["addr_info"] if x["family"] == "inet"]
@@ -267,7 +263,7 @@ def test_overlapping_pool_refused(make_net: NetFactory) -> None:
     first = make_net()
     first.ensure_bridge()
     second = make_net()
-    clash = HostNetwork(second.prefix, str(first.pool), second.state_dir)
+    clash = HostNetwork(second.prefix, str(first.pool), second.owner)
     with pytest.raises(ProviderError, match="overlaps"):
         clash.create(new_instance_id())
     assert not link_exists(clash.bridge_name)
@@ -301,13 +297,13 @@ def test_found_again_by_a_new_object(net: HostNetwork) -> None:
     a = net.create(new_instance_id())
     b = net.create(new_instance_id())
     net.delete(a.instance_id)
-    again = HostNetwork(net.prefix, str(net.pool), net.state_dir)
+    again = HostNetwork(net.prefix, str(net.pool), net.owner)
     assert again.bridge_name == net.bridge_name and again.gateway == net.gateway
     assert again.get(b.instance_id) == b
     assert again.get(a.instance_id) is None
     assert again.list() == [b]
     # even without the allocation file, the address is read from the namespace
-    (net.state_dir / f"network-{net.prefix}.json").unlink()
+    (net.state_dir / "network.json").unlink()
     assert again.get(b.instance_id) == b
 
 
@@ -320,8 +316,9 @@ def test_cleanup_removes_orphans_only(net: HostNetwork) -> None:
     # a stale allocation only
     ghost = new_instance_id()
     allocs = allocations(net) | {ghost: str(net.pool.network_address + 100)}
-    path = net.state_dir / f"network-{net.prefix}.json"
-    path.write_text(json.dumps({"pool": str(net.pool), "allocations": allocs}))
+    entries = {k: {"address": a, "owner": net.owner} for k, a in allocs.items()}
+    path = net.state_dir / "network.json"
+    path.write_text(json.dumps({"pool": str(net.pool), "allocations": entries}))
 
     removed = net.cleanup(keep=[k.instance_id for k in kept])
     assert removed == sorted([*(o.instance_id for o in orphans), lost.instance_id, ghost])
@@ -336,7 +333,7 @@ def test_concurrent_allocation_threads(net: HostNetwork) -> None:
     ids = [new_instance_id() for _ in range(12)]
 
     def create(iid: str) -> NetnsInfo:  # a HostNetwork per thread, as separate workers would
-        return HostNetwork(net.prefix, str(net.pool), net.state_dir).create(iid)
+        return HostNetwork(net.prefix, str(net.pool), net.owner).create(iid)
 
     with ThreadPoolExecutor(len(ids)) as pool:
         infos = list(pool.map(create, ids))
@@ -348,7 +345,7 @@ def test_concurrent_allocation_threads(net: HostNetwork) -> None:
 def test_concurrent_allocation_processes(net: HostNetwork) -> None:
     ids = [new_instance_id() for _ in range(8)]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    args = [net.prefix, str(net.pool), str(net.state_dir)]
+    args = [net.prefix, str(net.pool), net.owner]
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", CREATE, *args, iid], stdout=subprocess.PIPE, text=True, env=env
@@ -453,8 +450,72 @@ def test_validation(net: HostNetwork, tmp_path: Path) -> None:
             net.delete(bad)
     for prefix in ["a", "abcdef", "OG", "o-g", "ög"]:
         with pytest.raises(ConfigError, match="prefix"):
-            HostNetwork(prefix, "198.19.0.0/24", tmp_path)
+            HostNetwork(prefix, "198.19.0.0/24", str(tmp_path))
     for pool in ["nope", "198.19.0.1/24", "fd00::/64", "198.19.0.0/31"]:
         with pytest.raises(ConfigError, match="pool"):
-            HostNetwork("tx", pool, tmp_path)
+            HostNetwork("tx", pool, str(tmp_path))
     assert not link_exists(net.bridge_name)  # nothing was created
+
+
+def test_two_owners_on_one_prefix_never_share_an_address_or_an_instance(
+    make_net: NetFactory, serve: Callable[[NetnsInfo], None]
+) -> None:
+    """Two control planes (two data dirs) on one prefix: one bridge, one host-wide address
+    table; each sweeps only its own instances (and nobody's leftovers), never the other's,
+    and the bridge stays while the other still has instances on it."""
+    a_net = make_net()
+    b_net = make_net(like=a_net)
+    a1, b1, a2 = (n.create(new_instance_id()) for n in (a_net, b_net, a_net))
+    assert len({a1.address, b1.address, a2.address}) == 3
+    serve(b1)
+    assert connect(b1.address) == f"{b1.name} {a_net.gateway}"
+    assert a_net.list() == sorted([a1, a2], key=lambda i: i.instance_id)
+    assert b_net.list() == [b1]
+    assert a_net.owner_of(b1.instance_id) == b_net.owner
+    with pytest.raises(ProviderError, match="belongs to the control plane of"):
+        a_net.delete(b1.instance_id)
+    # another pool on the same prefix is refused (one bridge, one gateway)
+    other_pool = HostNetwork(a_net.prefix, "198.19.255.0/24", b_net.owner)
+    with pytest.raises(ProviderError, match="already uses address pool"):
+        other_pool.create(new_instance_id())
+    # a leftover nobody owns (no entry) is swept by either owner
+    leftover = new_instance_id()
+    subprocess.run(["ip", "netns", "add", a_net.netns_name(leftover)], check=True)
+    assert a_net.cleanup(keep=[a1.instance_id]) == sorted([a2.instance_id, leftover])
+    assert b_net.get(b1.instance_id) == b1
+    assert connect(b1.address) == f"{b1.name} {a_net.gateway}"
+    # an owner whose data dir is gone is nobody: its instances are leftovers for anyone
+    gone = make_net(like=a_net)
+    g1 = gone.create(new_instance_id())
+    Path(gone.owner).rmdir()
+    assert a_net.owner_of(g1.instance_id) is None
+    assert a_net.cleanup(keep=[a1.instance_id]) == [g1.instance_id]
+    a_net.teardown()  # its instances go; the bridge stays: b1 is on it
+    assert_gone(a_net, a1.instance_id)
+    assert connect(b1.address) == f"{b1.name} {a_net.gateway}"
+    assert b_net.list() == [b1]
+    b_net.teardown()
+    assert not link_exists(a_net.bridge_name)
+    assert not a_net.state_dir.exists()
+
+
+def test_pools_are_reserved_host_wide(tmp_path: Path) -> None:
+    """Two reservations never get the same pool; a claim overlapping a held one is
+    refused; a released pool is free again."""
+    pools = Pools()
+    p1, p2 = unique_prefix(), unique_prefix()
+    try:
+        n1 = pools.reserve(p1)
+        n2 = pools.reserve(p2)
+        assert n1 != n2
+        assert pools.holders()[n1]["prefix"] == p1 and pools.holders()[n2]["pid"] == os.getpid()
+        net = HostNetwork(p2, n1, str(tmp_path))
+        with pytest.raises(ProviderError, match=f"overlaps {n1} of resource prefix {p1}"):
+            net.ensure_bridge()
+        pools.release(p1)
+        assert n1 not in pools.holders()
+        net.pools.claim(p2, net.pool)  # now free: p2 moves to it
+        assert pools.holders()[n1]["prefix"] == p2 and n2 not in pools.holders()
+    finally:
+        pools.release(p1)
+        pools.release(p2)

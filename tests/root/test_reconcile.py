@@ -4,7 +4,6 @@ finds its jobs and instances again on restart: no job lost, none duplicated."""
 from __future__ import annotations
 
 import os
-import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import leftovers, make_settings, unique_prefix
+from conftest import free_pool, leftovers, make_settings, unique_prefix
 from cp_server import ServerProcess, free_port
 from outgrow.agentapi.client import AgentClient
 from outgrow.agentapi.models import CheckpointRequest
@@ -48,7 +47,7 @@ MOVE_MOMENTS: dict[str, Callable[[dict[str, Any]], bool]] = {
 @pytest.mark.parametrize("moment", list(MOVE_MOMENTS))
 def test_kill9_during_executing_and_floating(tmp_path: Path, moment: str) -> None:
     prefix = unique_prefix()
-    srv = ServerProcess(tmp_path, prefix, free_port(), f"198.19.{random.randint(1, 250)}.0/24")
+    srv = ServerProcess(tmp_path, prefix, free_port(), free_pool(prefix))
     srv.start()
     try:
         h = {"Authorization": f"Bearer {srv.token()}"}
@@ -152,7 +151,7 @@ def test_kill9_after_the_source_stopped_in_a_volume_move(tmp_path: Path) -> None
     plane had done), then restarted: the job is restored on the source from its kept
     checkpoint with its volume, the half-made target is deleted, nothing restarts."""
     prefix = unique_prefix()
-    pool = f"198.19.{random.randint(1, 250)}.0/24"
+    pool = free_pool(prefix)
     extra = {"OUTGROW_LOCAL_JOB_STORAGE": "volume", "OUTGROW_LOCAL_VOLUME_GIB": "0.25"}
     srv = ServerProcess(tmp_path, prefix, free_port(), pool, extra_env=extra)
     settings = make_settings(

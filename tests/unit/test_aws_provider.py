@@ -30,6 +30,7 @@ moto = pytest.importorskip("moto", reason="moto not installed (dev extra)")
 
 from botocore.exceptions import ClientError  # noqa: E402
 
+from netguard import fenced_range  # noqa: E402
 from outgrow.controlplane.images import Images  # noqa: E402
 from outgrow.controlplane.instances import Instances  # noqa: E402
 from outgrow.domain.jobs import JobSpec  # noqa: E402
@@ -291,7 +292,7 @@ def _simulate_spot_capacity_error(p: AwsProvider, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(ec2, "run_instances", run_instances)
     # No agent can answer in moto: skip the health wait (tested on its own below).
-    monkeypatch.setattr(p, "wait_for_agent", lambda info, timeout=None: None)
+    monkeypatch.setattr(p, "wait_for_agent", lambda info, timeout=None, cancel=None: None)
     return seen
 
 
@@ -809,13 +810,31 @@ def test_moto_teardown_leaves_no_instance_volume_or_security_group(
 # ---- agent health ------------------------------------------------------------------------
 
 
+@pytest.fixture
+def fenced_subnet(account: dict[str, str]) -> Iterator[dict[str, str]]:
+    """moto (fake AWS): the account with a subnet in a range fenced off on this host, so
+    polling an agent there sends nothing off the machine (moto's default VPC,
+    172.31.0.0/16, would be reached through the default route). Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to fence the fake subnet's range (no packet may leave)")
+    with fenced_range("10.0.0.0/8", 16) as cidr:
+        ec2 = _ec2()
+        vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(
+            VpcId=vpc, CidrBlock=cidr.replace("0.0/16", "1.0/24"), AvailabilityZone=f"{REGION}a"
+        )["Subnet"]["SubnetId"]
+        yield {**account, "subnet": subnet, "vpc": vpc}
+
+
 def test_moto_agent_health_timeout_is_a_clear_error_and_terminates(
-    provider: AwsProvider,
+    tmp_path: Path, fenced_subnet: dict[str, str]
 ) -> None:
     """moto (fake AWS): no agent ever answers on a moto instance, so the wait times out
     with a message saying what to check; the instance is terminated, not left running."""
+    provider = make_provider(tmp_path, fenced_subnet)
     with pytest.raises(ProviderError) as ei:
         provider.create_instance("t3.small", agent_timeout_s=1.5)
+    assert ei.value.detail and "No route to host" in ei.value.detail  # fenced: not sent
     msg = str(ei.value)
     assert "did not become healthy within 1.5 s" in msg
     assert "port 7070" in msg and "console output" in msg

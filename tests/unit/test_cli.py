@@ -3,9 +3,12 @@ one-line error contract, and the type choices of the runner (no instances are cr
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import click
 import pytest
@@ -279,7 +282,7 @@ def test_migrate_and_ls_flag_errors(env: dict[str, str]) -> None:
     r = invoke(["ls", "--status", "Running"], env)
     assert r.exit_code == 2 and "'Running' is not one of" in r.stderr
     r = invoke(["migrate", "j1", "--mem", "-1"], env)
-    assert r.exit_code == 2 and "Invalid value for '--mem'" in r.stderr
+    assert r.exit_code == 2 and "Invalid value for '-m' / '--mem'" in r.stderr
     r = invoke(["migrate", "j1"], env)
     assert r.exit_code == 1
     assert one_error_line(r) == "give --mem, --cpu or --instance-type"
@@ -355,3 +358,107 @@ def test_resolve_run() -> None:
     assert (spec.image.name, spec.itype.name, spec.evade_oom) == ("python", "lc.nano", True)
     spec = resolve_run(CATALOG, image="jupyter-server", type_name="lc.micro", max_type="lc.large")
     assert spec.max_type == CATALOG.get("lc.large") and spec.script == ""
+
+
+# ---- float's spellings ---------------------------------------------------------------------
+
+
+def parsed(args: list[str]) -> dict[str, object]:
+    """The parameters click's parser makes of ``outgrow ARGS`` (nothing is run)."""
+    cmd = cli.commands[args[0]]
+    with cmd.make_context(args[0], args[1:]) as ctx:
+        return dict(ctx.params)
+
+
+def test_float_spellings_of_submit(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text("print(1)\n")
+    policy = "[mem.upperBoundRatio=80,evadeOOM=true]"
+    ours = parsed(["submit", "-n", "a", "-i", "python", "--script", str(script),
+                   "--migrate-policy", policy, "--vm-policy", "[spotFirst=true]"])  # fmt: skip
+    theirs = parsed(["submit", "-n", "a", "-i", "python", "-j", str(script),
+                     "--migratePolicy", policy, "--vmPolicy", "[spotFirst=true]"])  # fmt: skip
+    assert theirs == ours
+    assert ours["script_path"] == script and ours["migrate_policy"] == policy
+    assert ours["vm_policy"] == "[spotFirst=true]"
+    mod = parsed(["modify", "nb", "--migratePolicy", policy, "--vmPolicy", "[onDemand=true]"])
+    assert (mod["migrate_policy"], mod["vm_policy"]) == (policy, "[onDemand=true]")
+
+
+def test_submit_j_is_the_script_file(env: dict[str, str], tmp_path: Path) -> None:
+    r = invoke(["submit", "-n", "a", "-i", "python", "-j", str(tmp_path / "missing.py")], env)
+    assert r.exit_code == 2
+    assert "Invalid value for '-j' / '--script'" in r.stderr and "missing.py" in r.stderr
+
+
+def test_list_is_ls(env: dict[str, str]) -> None:
+    assert cli.commands["list"] is cli.commands["ls"]
+    assert parsed(["list", "--status", "Executing"]) == parsed(["ls", "--status", "Executing"])
+    r = invoke(["list", "--json"], env)
+    assert r.exit_code == 1 and one_error_line(r).startswith("not logged in: no ")
+
+
+JOB_COMMANDS = ["show", "log", "migrate", "cancel", "suspend", "resume", "restart", "open"]
+
+
+def test_migrate_takes_float_short_options() -> None:
+    assert parsed(["migrate", "-j", "nb", "-c", "4", "-m", "8"]) == parsed(
+        ["migrate", "nb", "--cpu", "4", "--mem", "8"]
+    ) | {"job": None, "job_option": "nb"}
+
+
+@pytest.mark.parametrize("command", JOB_COMMANDS)
+def test_j_names_the_job(command: str) -> None:
+    assert parsed([command, "-j", "nb"])["job_option"] == "nb"
+    assert parsed([command, "--job", "nb"])["job_option"] == "nb"
+    assert parsed([command, "nb"])["job"] == "nb"
+
+
+@pytest.mark.parametrize("command", JOB_COMMANDS)
+def test_exactly_one_way_to_name_the_job(env: dict[str, str], command: str) -> None:
+    r = invoke([command], env)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.rstrip().endswith("Error: which job? give JOB (an id or name) or -j JOB")
+    r = invoke([command, "a", "-j", "b"], env)
+    assert r.exit_code == 2
+    assert r.stderr.rstrip().endswith("Error: give the job once: JOB (a) or -j (b), not both")
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """An HTTP endpoint that records what it is asked and answers "no such job" in the
+    API's error shape: it shows which job the CLI asked for (it is not a control plane)."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        body = json.dumps({"error": "not_found", "message": "no such job"}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("command", ["show", "log", "migrate", "cancel"])
+def test_j_and_the_argument_ask_for_the_same_job(env: dict[str, str], command: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    creds = {**env, "OUTGROW_URL": f"http://127.0.0.1:{server.server_port}",
+             "OUTGROW_TOKEN": "og_x"}  # fmt: skip
+    extra = ["--mem", "1"] if command == "migrate" else []
+    try:
+        answers = []
+        for args in ([command, "my-job", *extra], [command, "-j", "my-job", *extra]):
+            Recorder.paths.clear()
+            r = invoke(args, creds)
+            answers.append((r.exit_code, r.stderr, list(Recorder.paths)))
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert answers[0] == answers[1]
+    assert answers[0] == (1, "outgrow: error: no such job\n", ["/api/v1/jobs/my-job"])

@@ -1,6 +1,7 @@
 """The reconciler's decision table (pure), and the reconciler carrying plans out against a
-FAKE provider with FAKE agents (tests/fakes.py) over a real store. The same paths run for
-real, with a killed control plane, in tests/root/test_reconcile.py."""
+FAKE provider with FAKE agents (tests/fakes.py) over a real store (SQLite, and PostgreSQL
+on a throwaway cluster). The same paths run for real, with a killed control plane, in
+tests/root/test_reconcile.py."""
 
 from __future__ import annotations
 
@@ -139,10 +140,15 @@ def test_a_restored_source_is_not_taken_for_a_finished_move() -> None:
 
 
 # ---- the reconciler with fakes -------------------------------------------------------------
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[tuple[ControlPlane, FakeProvider]]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def plane(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[ControlPlane, FakeProvider]]:
+    """The fakes over a real store: in-memory SQLite, or a database on the session's real
+    PostgreSQL (tests/pg.py): the reconciler's reads and writes on both backends."""
     provider = FakeProvider()
-    store = Store.open("sqlite://")
+    url = "sqlite://" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    store = Store.open(url)
     cp = ControlPlane(Settings(data_dir=tmp_path), store, provider, connect=provider.connect)
     try:
         yield cp, provider

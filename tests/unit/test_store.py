@@ -1,4 +1,6 @@
-"""The control-plane store on real SQLite files (Alembic schema, WAL, threads)."""
+"""The control-plane store on real SQLite files (Alembic schema, WAL, threads) and on a real
+PostgreSQL 15 (a throwaway cluster, tests/pg.py): every test that is not about SQLite itself
+runs on both backends. PostgreSQL's row locks: tests/integration/test_postgres.py."""
 
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, select
+from sqlalchemy import Engine, event, func, inspect, select, text
 
 from outgrow.domain.jobs import ImageView, JobSpec, MetricPoint
 from outgrow.errors import ConflictError, NotFoundError, ValidationError
 from outgrow.store import InstanceRecord, Store
-from outgrow.store.engine import alembic_config
-from outgrow.store.models import Base, Run
+from outgrow.store.engine import alembic_config, make_engine
+from outgrow.store.models import Base, Event, Metric, Run
 from waiting import wait_until
 
 TABLES = {"users", "tokens", "images", "templates", "jobs", "runs", "instances", "events"}
@@ -82,11 +84,37 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "outgrow.db"  # "data" does not exist yet: open creates it
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, db_path: Path) -> str:
+    """A new database: a SQLite file, or a database on the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return db_url(db_path)
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
+def store(store_url: str) -> Iterator[Store]:
+    s = Store.open(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path) -> Iterator[Store]:
+    """For the tests of SQLite itself (pragmas, BEGIN IMMEDIATE, the file's bytes)."""
     s = Store.open(db_url(db_path))
     yield s
     s.close()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def scalar(store: Store, sql: str) -> object:
+    with store._engine.connect() as conn:
+        return conn.execute(text(sql)).scalar()
 
 
 @pytest.fixture
@@ -102,14 +130,15 @@ def bob(store: Store) -> int:
 # --- schema -------------------------------------------------------------------------------
 
 
-def test_open_creates_schema_with_alembic(store: Store, db_path: Path) -> None:
+def test_open_creates_schema_with_alembic(store: Store) -> None:
+    assert tables(store._engine) >= TABLES | {"alembic_version"}
+    assert scalar(store, "SELECT version_num FROM alembic_version") == head_revision()
+
+
+def test_sqlite_file_is_created_in_wal_mode(sqlite_store: Store, db_path: Path) -> None:
     assert db_path.is_file()
     with sqlite3.connect(db_path) as raw:
-        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        version = raw.execute("SELECT version_num FROM alembic_version").fetchall()
         journal = raw.execute("PRAGMA journal_mode").fetchone()
-    assert names >= TABLES | {"alembic_version"}
-    assert version == [(head_revision(),)]
     assert journal == ("wal",)  # WAL is persistent in the file
 
 
@@ -119,7 +148,8 @@ def test_migrations_match_the_models(store: Store) -> None:
         assert compare_metadata(ctx, Base.metadata) == []
 
 
-def test_sqlite_pragmas_on_every_connection(store: Store) -> None:
+def test_sqlite_pragmas_on_every_connection(sqlite_store: Store) -> None:
+    store = sqlite_store
     conns = [store._engine.connect() for _ in range(3)]  # three pooled connections
     try:
         for conn in conns:
@@ -131,7 +161,8 @@ def test_sqlite_pragmas_on_every_connection(store: Store) -> None:
             conn.close()
 
 
-def test_writes_begin_immediate_and_reads_do_not(store: Store) -> None:
+def test_writes_begin_immediate_and_reads_do_not(sqlite_store: Store) -> None:
+    store = sqlite_store
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -148,12 +179,12 @@ def test_writes_begin_immediate_and_reads_do_not(store: Store) -> None:
         event.remove(store._engine, "before_cursor_execute", record)
 
 
-def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
-    s = Store.open(db_url(db_path))
+def test_reopen_keeps_data_and_does_not_migrate_again(store_url: str) -> None:
+    s = Store.open(store_url)
     uid = s.create_user("alice", "pw").id
     job_id = s.create_job(uid, spec(), "jt")
     s.close()
-    s = Store.open(db_url(db_path))
+    s = Store.open(store_url)
     try:
         job = s.get_job(job_id)
         assert job is not None and job.owner == "alice" and job.jupyter_token == "jt"
@@ -162,17 +193,44 @@ def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
         s.close()
 
 
-def test_downgrade_to_base_and_upgrade_again(db_path: Path) -> None:
-    Store.open(db_url(db_path)).close()
-    cfg = alembic_config(db_url(db_path))  # env.py connects by itself here
+def test_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
+    Store.open(store_url).close()
+    cfg = alembic_config(store_url)  # env.py connects by itself here
     command.downgrade(cfg, "base")
-    with sqlite3.connect(db_path) as raw:
-        left = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert not left & TABLES
+    engine = make_engine(store_url)
+    try:
+        assert not tables(engine) & TABLES
+    finally:
+        engine.dispose()
     command.upgrade(cfg, "head")
-    s = Store.open(db_url(db_path))
+    s = Store.open(store_url)
     try:
         assert s.user_count() == 0
+    finally:
+        s.close()
+
+
+def test_upgrade_from_the_first_revision_to_head_on_an_empty_database(store_url: str) -> None:
+    """Every revision in order, one ``alembic upgrade`` each, on a database with no tables:
+    the schema at head is the models' (and Store.open finds nothing left to do)."""
+    engine = make_engine(store_url)
+    try:
+        assert tables(engine) == set()
+        cfg = alembic_config(store_url)
+        revisions = [r.revision for r in ScriptDirectory.from_config(cfg).walk_revisions()]
+        for rev in reversed(revisions):  # walk_revisions goes from head down
+            command.upgrade(cfg, rev)
+            with engine.connect() as conn:
+                assert MigrationContext.configure(conn).get_current_revision() == rev
+        assert revisions[0] == head_revision()
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []
+    finally:
+        engine.dispose()
+    s = Store.open(store_url)
+    try:
+        assert s.create_user("alice", "pw").id == 1
     finally:
         s.close()
 
@@ -215,26 +273,25 @@ def test_users(store: Store) -> None:
     assert store.get_user("nobody") is None
 
 
-def test_check_password(store: Store, db_path: Path) -> None:
+def test_check_password(store: Store) -> None:
     store.create_user("alice", "correct horse")
     ok = store.check_password("alice", "correct horse")
     assert ok is not None and ok.name == "alice"
     assert store.check_password("alice", "wrong") is None
     assert store.check_password("alice", "") is None
     assert store.check_password("nobody", "correct horse") is None
-    with sqlite3.connect(db_path) as raw:
-        (stored,) = raw.execute("SELECT password_hash FROM users").fetchone()
-    assert re.fullmatch(r"scrypt\$[0-9a-f]{32}\$[0-9a-f]{64}", stored)
+    stored = scalar(store, "SELECT password_hash FROM users")
+    assert re.fullmatch(r"scrypt\$[0-9a-f]{32}\$[0-9a-f]{64}", str(stored))
     # salted: the same password hashes differently for another user
     store.create_user("bob", "correct horse")
-    with sqlite3.connect(db_path) as raw:
-        hashes = [r[0] for r in raw.execute("SELECT password_hash FROM users")]
-    assert len(set(hashes)) == 2
+    assert scalar(store, "SELECT count(DISTINCT password_hash) FROM users") == 2
 
 
 def test_token_secret_is_shown_once_and_only_its_hash_is_stored(
-    store: Store, alice: int, db_path: Path
+    sqlite_store: Store, db_path: Path
 ) -> None:
+    store = sqlite_store
+    alice = store.create_user("alice", "alice-pw").id
     view, secret = store.create_token(alice, "laptop")
     assert re.fullmatch(r"og_[A-Za-z0-9_-]{40}", secret)
     assert view.prefix == secret[:8] and view.name == "laptop" and not view.revoked
@@ -647,12 +704,57 @@ def test_images(store: Store, alice: int) -> None:
     assert [i.name for i in store.list_images()] == ["jupyter-lab"]
 
 
+def test_oci_images(store: Store, alice: int) -> None:
+    digest = "sha256:" + "ab" * 32
+    oci = ImageView(
+        name="nb",
+        kind="python",
+        pip=[],
+        description="a notebook image",
+        default_port=8888,
+        format="oci",
+        oci={"digest": digest, "reference": "nb.tar"},
+        size_bytes=123_456_789_012,
+        config={"cmd": ["jupyter", "server"], "exposed_ports": ["8888/tcp"]},
+        labels={"org.opencontainers.image.description": "a notebook image"},
+    )
+    added = store.add_image(oci, alice)
+    assert added == oci.model_copy(update={"owner": "alice"})
+    assert added.digest == digest
+    store.set_image_facts("nb", {"has_sh": True, "found": {"jupyter": "/usr/bin/jupyter"}})
+    got = store.get_image("nb")
+    assert got is not None and got.facts == {
+        "has_sh": True,
+        "found": {"jupyter": "/usr/bin/jupyter"},
+    }
+    with pytest.raises(NotFoundError):
+        store.set_image_facts("nope", {})
+    venv = store.add_image(ImageView(name="plain", kind="python", pip=["six"]), alice)
+    assert venv.format == "venv" and venv.oci is None and venv.labels == {}
+
+
+def test_upgrade_from_0001_keeps_venv_images(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    command.upgrade(alembic_config(url), "0001")
+    with sqlite3.connect(tmp_path / "old.db") as raw:
+        raw.execute(
+            "INSERT INTO images (name, kind, pip, description, docs, builtin, created_at) "
+            "VALUES ('old', 'python', '[\"six\"]', '', '', 0, '2026-01-01 00:00:00')"
+        )
+    store = Store.open(url)
+    try:
+        old = store.get_image("old")
+        assert old is not None and old.format == "venv" and old.pip == ["six"]
+    finally:
+        store.close()
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_concurrent_writers_on_one_file(store: Store, db_path: Path) -> None:
+def test_concurrent_writers(store: Store) -> None:
     threads, per_thread = 8, 20
     uid = store.create_user("alice", "pw").id
     _, secret = store.create_token(uid, "t")
@@ -688,6 +790,6 @@ def test_concurrent_writers_on_one_file(store: Store, db_path: Path) -> None:
     jobs = store.list_jobs(uid)
     assert len(jobs) == len(set(created)) == threads * per_thread
     assert {j.status for j in jobs} == {"Executing"}
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT count(*) FROM events").fetchone() == (5 * len(jobs),)
-        assert raw.execute("SELECT count(*) FROM metrics").fetchone() == (len(jobs),)
+    with store._engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Event)) == 5 * len(jobs)
+        assert conn.scalar(select(func.count()).select_from(Metric)) == len(jobs)

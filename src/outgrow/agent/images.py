@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from outgrow.cancel import Cancel, check
 from outgrow.domain.images import ImageSpec
-from outgrow.errors import ImageBuildError, NotFoundError, ValidationError
+from outgrow.errors import CancelledError, ImageBuildError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,13 @@ def _meaningful_error(lines: Sequence[str]) -> str:
     return "unknown error (no output)"
 
 
+def _kill_on_cancel(proc: subprocess.Popen[str], cancel: Cancel) -> None:
+    while proc.poll() is None:
+        if cancel.wait(0.2):
+            proc.kill()
+            return
+
+
 def _tree_size(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
@@ -75,6 +83,7 @@ class _Build:
     progress: Progress | None
     deadline: float
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    cancel: Cancel | None = None  # set: kill the running step, CancelledError
 
     def say(self, line: str) -> None:
         self.tail.append(line)
@@ -160,7 +169,11 @@ class ImageCache:
 
     @contextlib.contextmanager
     def _locked(
-        self, spec_hash: str, deadline: float, on_wait: Callable[[], None]
+        self,
+        spec_hash: str,
+        deadline: float,
+        on_wait: Callable[[], None],
+        cancel: Cancel | None = None,
     ) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / f"{spec_hash}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -177,6 +190,7 @@ class ImageCache:
                     if time.monotonic() >= deadline:
                         msg = f"timed out waiting for the lock of image {spec_hash}"
                         raise ImageBuildError(msg) from None
+                    check(cancel, f"waiting for another build of image {spec_hash}")
                     time.sleep(0.2)
             yield
         finally:
@@ -197,16 +211,22 @@ class ImageCache:
     # -- building ---------------------------------------------------------------------------
 
     def ensure(
-        self, spec: ImageSpec, progress: Progress | None = None, timeout: float = 1800
+        self,
+        spec: ImageSpec,
+        progress: Progress | None = None,
+        timeout: float = 1800,
+        cancel: Cancel | None = None,
     ) -> BuiltImage:
-        """Return the built image for ``spec``, building it first if needed (once per host)."""
+        """Return the built image for ``spec``, building it first if needed (once per host).
+        A set ``cancel`` stops the build (its step is killed, the half-built directory
+        removed) with CancelledError."""
         found = self.get(spec)
         if found is not None:
             return found
         h = self.hash_of(spec)
-        b = _Build(spec, progress, time.monotonic() + timeout)
+        b = _Build(spec, progress, time.monotonic() + timeout, cancel=cancel)
         waiting = f"waiting for another build of image '{spec.name}' ({h}) to finish"
-        with self._locked(h, b.deadline, lambda: b.say(waiting)):
+        with self._locked(h, b.deadline, lambda: b.say(waiting), cancel):
             found = self.get(spec)
             if found is not None:
                 b.say(f"image '{spec.name}' ({h}) is ready")
@@ -219,7 +239,9 @@ class ImageCache:
                 return self._build(b, h, path)
             except BaseException as exc:  # incl. KeyboardInterrupt: never leave a half-built dir
                 shutil.rmtree(path, ignore_errors=True)
-                if isinstance(exc, Exception) and not isinstance(exc, ImageBuildError):
+                if isinstance(exc, Exception) and not isinstance(
+                    exc, ImageBuildError | CancelledError
+                ):
                     msg = f"building image '{spec.name}' failed: {exc}"
                     raise ImageBuildError(msg, detail="\n".join(b.tail)) from exc
                 raise
@@ -236,6 +258,7 @@ class ImageCache:
         remaining = b.deadline - time.monotonic()
         if remaining <= 0:
             raise ImageBuildError(f"building image '{b.spec.name}' timed out before {what}")
+        check(b.cancel, f"building image '{b.spec.name}'")
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -247,6 +270,8 @@ class ImageCache:
         )
         timer = threading.Timer(remaining, proc.kill)
         timer.start()
+        if b.cancel is not None:  # a cancel kills the step at once
+            threading.Thread(target=_kill_on_cancel, args=(proc, b.cancel), daemon=True).start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -260,6 +285,7 @@ class ImageCache:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        check(b.cancel, f"building image '{b.spec.name}' ({what})")
         if rc != 0:
             reason = f"{what} timed out" if timed_out else _meaningful_error(list(b.tail))
             raise ImageBuildError(

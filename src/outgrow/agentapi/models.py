@@ -69,6 +69,7 @@ class ImageBody(_Model):
     description: str = ""
     docs: str = ""
     default_port: int | None = None
+    oci: dict[str, str] | None = None  # an OCI image: {"digest", "reference"} (agent/oci.py)
 
     @classmethod
     def of(cls, spec: ImageSpec) -> ImageBody:

@@ -3,28 +3,35 @@ answers. ``outgrow.server.create_app`` puts the stable-URL proxy and the console
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Query, Response
+from fastapi import APIRouter, Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outgrow import __version__
 from outgrow.api import deps
 from outgrow.api.deps import Plane, User
 from outgrow.api.schemas import (
+    IMAGE_NAME,
     ImageBody,
     LoginBody,
     MigrateBody,
     ModifyBody,
+    PullBody,
     ReclaimBody,
     TemplateBody,
     TemplateSubmit,
     TokenBody,
     UserBody,
 )
+from outgrow.controlplane.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from outgrow.controlplane.service import ControlPlane
 from outgrow.domain.jobs import (
     EventView,
@@ -35,7 +42,7 @@ from outgrow.domain.jobs import (
     UserView,
     spec_from_mapping,
 )
-from outgrow.errors import OutgrowError
+from outgrow.errors import OutgrowError, TooLargeError, ValidationError
 
 JobRef = Annotated[str, "job id or name"]
 
@@ -102,6 +109,43 @@ def create_api(plane: ControlPlane) -> FastAPI:
     @api.post("/images", status_code=201)
     def add_image(body: ImageBody, user: User, cp: Plane) -> ImageView:
         return cp.images.add(user, body.name, body.pip, body.base, body.description)
+
+    @api.post("/images/import", status_code=201)
+    async def import_image(
+        request: Request,
+        user: User,
+        cp: Plane,
+        name: Annotated[str, Query(pattern=IMAGE_NAME, description="the library name")],
+    ) -> ImageView:
+        """The body is the archive itself (OCI archive, docker/podman save), streamed to a
+        file in the data dir, imported into the host cache and registered as ``name``."""
+        limit = cp.settings.image_upload_max_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise TooLargeError(f"the archive is over the upload limit of {limit} bytes")
+        uploads = cp.settings.data_dir / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=uploads)
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLargeError(
+                            f"the archive is over the upload limit of {limit} bytes"
+                        )
+                    f.write(chunk)
+            if size == 0:
+                raise ValidationError("empty body: send the image archive", field="body")
+            path = Path(tmp)
+            return await run_in_threadpool(cp.images.import_archive, user, path, name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @api.post("/images/pull", status_code=201)
+    def pull_image(body: PullBody, user: User, cp: Plane) -> ImageView:
+        return cp.images.pull(user, body.reference, body.name)
 
     @api.delete("/images/{name}", status_code=204)
     def rm_image(name: str, user: User, cp: Plane) -> Response:
@@ -205,7 +249,7 @@ def create_api(plane: ControlPlane) -> FastAPI:
     app.include_router(api)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus(user: User, cp: Plane) -> str:
-        return cp.views.prometheus()
+    def prometheus(user: User, cp: Plane) -> Response:
+        return Response(cp.views.prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return app

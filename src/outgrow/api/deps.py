@@ -32,6 +32,7 @@ from outgrow.errors import OutgrowError
 from outgrow.httpstatus import status_for, validation_message
 
 log = logging.getLogger("outgrow.api")
+RETRY_AFTER_S = 5
 
 
 def cp(request: Request) -> ControlPlane:
@@ -84,6 +85,8 @@ async def outgrow_error(_: Request, exc: Exception) -> JSONResponse:
     if code >= 500:
         log.error("%s: %s %s", type(exc).__name__, exc, exc.detail or "")
     headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+    if code == 503:  # the database is away: the same request may work in a moment
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(exc.to_dict(), status_code=code, headers=headers)
 
 

@@ -33,6 +33,14 @@ class ImageBody(Strict):
     description: str = Field("", max_length=500)
 
 
+IMAGE_NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+
+
+class PullBody(Strict):
+    reference: str = Field(min_length=1, max_length=255)
+    name: str | None = Field(None, pattern=IMAGE_NAME)
+
+
 class TemplateSubmit(Strict):
     template: str = Field(min_length=1, max_length=63)
     overrides: dict[str, Any] = Field(default_factory=dict)

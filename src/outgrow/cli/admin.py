@@ -16,7 +16,7 @@ from outgrow import credentials
 from outgrow.cli.local import image
 from outgrow.cli.main import cli, emit_json, json_option, require_root, say, state
 from outgrow.cli.remote import connect
-from outgrow.cli.render import fmt_time, print_wide, template_details
+from outgrow.cli.render import fmt_bytes, fmt_time, print_wide, template_details
 from outgrow.client import Client
 from outgrow.errors import ValidationError
 
@@ -206,22 +206,38 @@ def instance_reclaim(instance_id: str, in_: str, as_json: bool) -> None:
 @image.command("ls")
 @json_option
 def image_ls(as_json: bool) -> None:
-    """The control plane's images: built in and added with `image add`."""
+    """The control plane's images: built in, added with `image add` (venv) and imported,
+    pulled or built (OCI: digest, size, entrypoint, where cached)."""
     with connect() as c:
         images = c.images()
     if as_json:
-        emit_json([i.model_dump(mode="json") for i in images])
+        emit_json([{**i.model_dump(mode="json"), "digest": i.digest} for i in images])
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("name", "kind", "origin", "port", "description"):
+    cols = ("name", "kind", "origin", "digest", "size", "entrypoint", "port", "cached")
+    for col in (*cols, "description"):
         table.add_column(col)
     for i in images:
-        origin = "built in" if i.builtin else f"{i.base} + pip, by {i.owner}"
+        if i.format == "oci":
+            kind = "oci" + (f" (jupyter {'/'.join(i.jupyter)})" if i.jupyter else "")
+            origin = f"{(i.oci or {}).get('reference', '')}, by {i.owner}"
+            conf = i.config or {}
+            entry = " ".join([*conf.get("entrypoint", []), *conf.get("cmd", [])]) or "-"
+            size, digest = fmt_bytes(i.size_bytes), (i.digest or "")[:19]
+            cached = ", ".join(i.cached) or "-"
+        else:
+            kind = i.kind
+            origin = "built in" if i.builtin else f"{i.base} + pip, by {i.owner}"
+            entry, size, digest, cached = "-", "-", "-", "-"
         table.add_row(
             escape(i.name),
-            i.kind,
+            kind,
             escape(origin),
+            digest,
+            size,
+            escape(entry),
             str(i.default_port or "-"),
+            escape(cached),
             escape(i.description),
         )
     print_wide(table)

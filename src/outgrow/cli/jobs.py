@@ -23,7 +23,7 @@ from outgrow.cli.jobspec import (
     template_overrides,
 )
 from outgrow.cli.main import cli, emit_json, json_option, say
-from outgrow.cli.remote import connect, wait_for, wait_option
+from outgrow.cli.remote import connect, job_argument, wait_for, wait_option
 from outgrow.cli.render import (
     job_details,
     jobs_table,
@@ -48,11 +48,15 @@ def policy_options(f: Any) -> Any:
     )(f)
     f = click.option(
         "--vm-policy",
+        "--vmPolicy",
+        "vm_policy",
         metavar="'[...]'",
         help="e.g. '[spotFirst=true,retryLimit=3,retryInterval=600s]'.",
     )(f)
     return click.option(
         "--migrate-policy",
+        "--migratePolicy",
+        "migrate_policy",
         metavar="'[...]'",
         help="e.g. '[mem.upperBoundRatio=90,mem.upperBoundDuration=30s,evadeOOM=true]'.",
     )(f)
@@ -94,11 +98,18 @@ def policy_options(f: Any) -> Any:
     help="Let this network reach the published ports (repeatable).",
 )
 @click.option(
+    "-j",
     "--script",
     "script_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="The job script (python images).",
+    help="The job script (python and OCI images).",
+)
+@click.option(
+    "--jupyter",
+    type=click.Choice(["lab", "server"]),
+    help="OCI images: run the image's own JupyterLab or Jupyter Server (outgrow's token "
+    "and stable URL) instead of its command.",
 )
 @click.option("--template", metavar="NAME", help="Start from a saved template.")
 @wait_option
@@ -117,6 +128,7 @@ def submit(
     publish: list[str] | None,
     allow_cidr: list[str] | None,
     script_path: Path | None,
+    jupyter: str | None,
     template: str | None,
     wait: bool,
     wait_timeout: float,
@@ -137,6 +149,7 @@ def submit(
         "publish": publish,
         "allow_cidr": allow_cidr,
         "script": read_script(script_path) if script_path is not None else None,
+        "jupyter": jupyter,
     }
     data = merge_fields(load_job_file(job_file) if job_file else {}, flags)
     with connect() as c:
@@ -191,8 +204,11 @@ def ls(statuses: tuple[str, ...], as_json: bool) -> None:
         print_wide(jobs_table(jobs))
 
 
+cli.add_command(ls, "list")  # float's spelling
+
+
 @cli.command("show")
-@click.argument("job")
+@job_argument
 @json_option
 def show(job: str, as_json: bool) -> None:
     """Everything about a job: spec, instances (history), events with their reasons, URL."""
@@ -206,7 +222,7 @@ def show(job: str, as_json: bool) -> None:
 
 
 @cli.command("open")
-@click.argument("job")
+@job_argument
 @click.option("--print", "print_only", is_flag=True, help="Print the link instead of opening it.")
 @json_option
 def open_(job: str, print_only: bool, as_json: bool) -> None:
@@ -230,7 +246,7 @@ def open_(job: str, print_only: bool, as_json: bool) -> None:
 
 
 @cli.command("log")
-@click.argument("job")
+@job_argument
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends (Ctrl-C).")
 @click.option("--stderr", "use_stderr", is_flag=True, help="The job's stderr, not its stdout.")
 @json_option
@@ -273,12 +289,16 @@ def log(job: str, follow: bool, use_stderr: bool, as_json: bool) -> None:
 
 
 @cli.command("migrate")
-@click.argument("job")
+@job_argument
 @click.option(
-    "--mem", type=click.FloatRange(min=0, min_open=True), metavar="GIB", help="Target memory."
+    "-m",
+    "--mem",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="GIB",
+    help="Target memory.",
 )
 @click.option(
-    "--cpu", type=click.FloatRange(min=0, min_open=True), metavar="N", help="Target vCPUs."
+    "-c", "--cpu", type=click.FloatRange(min=0, min_open=True), metavar="N", help="Target vCPUs."
 )
 @click.option("--instance-type", metavar="TYPE", help="Target instance type.")
 @wait_option
@@ -317,7 +337,7 @@ def migrate(
 
 
 @cli.command("modify")
-@click.argument("job")
+@job_argument
 @policy_options
 @json_option
 def modify(
@@ -361,7 +381,7 @@ HELP = {
 
 def _make_action(action: str) -> None:
     @cli.command(action, help=HELP[action])
-    @click.argument("job")
+    @job_argument
     @wait_option
     @json_option
     def command(job: str, wait: bool, wait_timeout: float, as_json: bool) -> None:

@@ -39,12 +39,13 @@ FILE_KEYS: dict[str, str] = {
     "idle_timeout_s": "idle_timeout_s",
     "idle_timeout": "idle_timeout_s",
     "idleTimeout": "idle_timeout_s",
+    "jupyter": "jupyter",
     "script_file": "script_file",
     "scriptFile": "script_file",
 }
 KNOWN_FILE_KEYS = (
     "name, image, script, scriptFile, cpu, mem, instanceType, migratePolicy, vmPolicy, env, "
-    "publish, allowCidr, idleTimeout (or their snake_case spellings)"
+    "publish, allowCidr, idleTimeout, jupyter (or their snake_case spellings)"
 )
 
 

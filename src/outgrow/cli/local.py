@@ -30,7 +30,13 @@ from outgrow.cli.main import (
 from outgrow.controlplane.foreground import JobRunner, RunSpec, choose_type
 from outgrow.domain.images import BUILTIN_IMAGES, ImageSpec
 from outgrow.domain.instance_types import Catalog
-from outgrow.errors import AuthError, ConfigError, NotFoundError, ValidationError
+from outgrow.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    ValidationError,
+)
 from outgrow.settings import Settings
 
 if TYPE_CHECKING:
@@ -176,11 +182,9 @@ def _check_writable(root: Path) -> None:
         )
 
 
-@image.command("build")
-@click.argument("name")
-@json_option
-def image_build(name: str, as_json: bool) -> None:
-    """Build a builtin image into the host's cache (pip output on stderr)."""
+def build_builtin(name: str, as_json: bool) -> None:
+    """``outgrow image build NAME``: build a builtin image into the host's cache (pip
+    output on stderr). The command itself is in cli/oci.py (it also builds Containerfiles)."""
     spec = builtin_image(name)
     cache = ImageCache(state().settings.image_cache_dir)
     h = cache.hash_of(spec)
@@ -214,9 +218,19 @@ def image_build(name: str, as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Also remove the host bridge.")
 @json_option
 def cleanup(everything: bool, as_json: bool) -> None:
-    """Remove every local instance, netns, veth and cgroup with the configured prefix."""
+    """Remove the local instances of the data dir (netns, veth, cgroup) and leftovers no
+    control plane owns; another data dir's instances on the same prefix are kept."""
+    from outgrow.controlplane.datadir import DataDirLock
+
     require_root()
-    provider = local_provider(state().settings)
+    settings = state().settings
+    pid = DataDirLock(settings.data_dir).holder()
+    if pid is not None:  # its instances are not leftovers (it sweeps its orphans at start)
+        raise ConflictError(
+            f"a control plane (pid {pid}) runs on data dir {settings.data_dir}: stop it "
+            "before `outgrow cleanup`"
+        )
+    provider = local_provider(settings)
     removed: list[str] = provider.cleanup()
     bridge = None
     if everything:

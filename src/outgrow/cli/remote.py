@@ -3,8 +3,10 @@ for a job with a spinner on stderr that prints each status change."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any, cast
 
 import click
 from rich.console import Console
@@ -21,6 +23,30 @@ DEFAULT_WAIT_S = 900.0
 def connect() -> Client:
     """The SDK client of the logged-in control plane (AuthError: run `outgrow login`)."""
     return Client()
+
+
+def job_argument(f: F) -> F:
+    """The job a command acts on: the positional JOB, or ``-j/--job JOB`` as MemVerge's
+    ``float`` spells it; exactly one of them (a usage error otherwise). The command gets
+    it as ``job``."""
+
+    @functools.wraps(f)
+    def command(*args: Any, job: str | None, job_option: str | None, **kwargs: Any) -> Any:
+        if job is not None and job_option is not None:
+            raise click.UsageError(
+                f"give the job once: JOB ({job}) or -j ({job_option}), not both",
+                ctx=click.get_current_context(),
+            )
+        if job is None and job_option is None:
+            raise click.UsageError(
+                "which job? give JOB (an id or name) or -j JOB", ctx=click.get_current_context()
+            )
+        return f(*args, job=job if job is not None else job_option, **kwargs)
+
+    command = click.option(
+        "-j", "--job", "job_option", metavar="JOB", help="The job (id or name), instead of JOB."
+    )(command)
+    return cast(F, click.argument("job", required=False)(command))
 
 
 def wait_option(f: F) -> F:

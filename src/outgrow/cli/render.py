@@ -171,7 +171,7 @@ def job_details(job: JobView, token: str | None = None) -> RenderableType:
     if job.status_reason:
         kv("reason", job.status_reason)
     kv("owner", job.owner)
-    kv("image", job.image)
+    kv("image", job.image + (f" (--jupyter {job.spec.jupyter})" if job.spec.jupyter else ""))
     if job.url:
         kv("url", job.url)
         if job.image == "jupyter-server" or s.image == "jupyter-server":

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 
+from outgrow.cancel import Cancel, check
 from outgrow.controlplane.images import Images
 from outgrow.domain.images import DEFAULT_JUPYTER_PORT
 from outgrow.domain.instance_types import Catalog, InstanceType
@@ -62,7 +64,7 @@ class Instances:
     def security_group(self, job: JobRecord) -> SecurityGroup:
         """The job's security group: every instance of the job the same rules."""
         try:
-            image = self.images.spec(job.spec.image)
+            image = self.images.for_job(job.spec)
             return SecurityGroup.from_spec(
                 job.id, job.spec, default_ports(image.kind, image.default_port)
             )
@@ -78,10 +80,12 @@ class Instances:
         itype: InstanceType,
         tags: dict[str, str] | None = None,
         spot: bool | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceInfo:
         """Create an instance per the job's vmPolicy: spot first (if asked), then on-demand,
         retrying capacity errors retryLimit times, retryInterval apart. ``spot`` forces
-        one kind (e.g. leaving a reclaimed spot instance for on-demand capacity)."""
+        one kind (e.g. leaving a reclaimed spot instance for on-demand capacity). A set
+        ``cancel`` ends the agent wait or the retry pause: CancelledError."""
         vm = job.spec.vm()
         modes = [True, False] if vm.mode == "spotFirst" else [not vm.allows_on_demand]
         if spot is not None:
@@ -93,9 +97,10 @@ class Instances:
         last: OutgrowError | None = None
         for attempt in range(vm.retry_limit + 1):
             for use_spot in modes:
+                check(cancel, f"creating a {itype.name} instance")
                 try:
                     return self.provider.create_instance(
-                        itype.name, spot=use_spot, tags=tags, security_group=sg
+                        itype.name, spot=use_spot, tags=tags, security_group=sg, cancel=cancel
                     )
                 except CapacityError as exc:
                     last = exc
@@ -106,10 +111,20 @@ class Instances:
                     f"no capacity for {itype.name} ({last}); "
                     f"retry {attempt + 1}/{vm.retry_limit} in {vm.retry_interval:g} s",
                 )
-                if self.stopping.wait(min(vm.retry_interval, self.retry_cap_s)):
+                if self._pause(min(vm.retry_interval, self.retry_cap_s), cancel):
                     break
         assert last is not None
         raise last
+
+    def _pause(self, seconds: float, cancel: Cancel | None) -> bool:
+        """Wait before a retry; True when the control plane stops, CancelledError on a
+        cancel (both cut the wait short)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            check(cancel, "waiting to retry creating an instance")
+            if self.stopping.wait(min(left, 0.2)):
+                return True
+        return False
 
     # ---- records --------------------------------------------------------------------
     def record(self, job_id: str, inst: InstanceInfo, status: str = "normal") -> None:

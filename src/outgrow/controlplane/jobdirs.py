@@ -92,8 +92,8 @@ class JobDirs:
                 try:
                     with self.connect(inst, 30.0) as a:
                         return a.logs(stream, offset)
-                except NotFoundError:  # the agent has no job yet (starting) or any more
-                    pass
+                except NotFoundError:  # its agent has no job yet (being launched): no output
+                    return LogChunk(data="", offset=offset, size=0)
             path = self.archived_log(job_id, stream)
         try:
             with path.open("rb") as f:

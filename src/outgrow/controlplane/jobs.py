@@ -6,6 +6,10 @@ Lifecycle, is an event with its cause; entering a terminal state releases the jo
 storage and security group in one hook) and really drives the provider and the agents.
 A failure never loses the job: a failed migration or suspend leaves it Executing where it
 was.
+
+A cancel interrupts an action while it waits (``outgrow.cancel``: the worker's token is
+passed to every provider call and wait): the wait raises CancelledError, the action
+stops, and :meth:`JobActions.cancel` ends what it made — the job is Cancelled.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,7 +37,13 @@ from outgrow.domain.images import DEFAULT_JUPYTER_PORT, ImageSpec
 from outgrow.domain.instance_types import InstanceType
 from outgrow.domain.states import JobState as S
 from outgrow.domain.states import is_terminal
-from outgrow.errors import CapacityError, JobLostError, NotFoundError, OutgrowError
+from outgrow.errors import (
+    CancelledError,
+    CapacityError,
+    JobLostError,
+    NotFoundError,
+    OutgrowError,
+)
 from outgrow.orchestrator.migrate import Connect, Migrator, wait_job
 from outgrow.providers.base import InstanceInfo, Provider
 from outgrow.store import JobRecord, Store
@@ -50,12 +61,16 @@ MIGRATION_TIMINGS = (
 )
 
 
-def start_request(job: JobRecord, image: ImageSpec) -> StartJob:
-    """What the agent needs to start ``job`` from ``image``."""
+def start_request(job: JobRecord, image: ImageSpec, archive_url: str | None = None) -> StartJob:
+    """What the agent needs to start ``job`` from ``image`` (an OCI image's archive, when
+    the provider shipped it: ``image.oci["archive_url"]``, see agent/oci_ship.py)."""
+    body = ImageBody.of(image)
+    if body.oci is not None and archive_url:
+        body = body.model_copy(update={"oci": {**body.oci, "archive_url": archive_url}})
     return StartJob(
         job_id=job.id,
         kind=image.kind,
-        image=ImageBody.of(image),
+        image=body,
         script=job.spec.script,
         env=job.spec.env,
         port=image.port or DEFAULT_JUPYTER_PORT,
@@ -76,8 +91,11 @@ class JobActions:
         instances: Instances,
         jobdirs: JobDirs,
         images: Images,
+        token: Callable[[str], threading.Event | None] = lambda job_id: None,
     ):
         self.store = store
+        self.token = token  # the running action's cancellation token (Workers.token)
+        self._cancel_reasons: dict[str, str] = {}
         self.provider = provider
         self.connect = connect
         self.migrator = migrator
@@ -109,6 +127,15 @@ class JobActions:
         except OutgrowError as exc:
             log.error("deleting the security group of job %s failed: %s", job_id, exc)
 
+    def note_cancel(self, job_id: str, reason: str) -> None:
+        """A cancel was asked (by whom): the interrupted action ends the job with it."""
+        self._cancel_reasons[job_id] = reason
+
+    def _cancelled(self, job_id: str, exc: CancelledError) -> None:
+        """The action was interrupted by a cancel: end what it made, the job Cancelled."""
+        log.info("job %s: %s", job_id, exc)
+        self.cancel(job_id, self._cancel_reasons.get(job_id) or str(exc))
+
     def drop_checkpoint(self, location: str) -> None:
         try:
             self.provider.delete_checkpoint(location)
@@ -117,15 +144,26 @@ class JobActions:
 
     # ---- start ------------------------------------------------------------------------
     def start(self, job_id: str) -> None:
+        try:
+            self._start(job_id)
+        except CancelledError as exc:
+            self._cancelled(job_id, exc)
+
+    def _start(self, job_id: str) -> None:
         job = self.job(job_id)
         if job.status in (S.SUBMITTED, S.NO_AVAILABLE_HOST):
             self._to(job_id, S.INITIALIZING, "choosing an instance")
+        cancel = self.token(job_id)
         try:
-            image = self.images.spec(job.spec.image)
+            image = self.images.for_job(job.spec)
             itype = self.instances.initial_type(job)
             self.store.add_event(job_id, "info", f"preparing image {image.name}")
-            self.provider.prepare_image(image)
-            inst = self.instances.create(job, itype)
+            self.provider.prepare_image(image, cancel=cancel)
+            self.images.check_job(job.spec)  # an OCI rootfs unpacked just now
+            url = self.provider.image_archive_url(image.oci.digest) if image.oci else None
+            inst = self.instances.create(job, itype, cancel=cancel)
+        except CancelledError:
+            raise
         except CapacityError as exc:
             self._to(job_id, S.NO_AVAILABLE_HOST, str(exc))
             return
@@ -136,7 +174,7 @@ class JobActions:
         self.store.update_job(job_id, current_instance_id=inst.id)
         where = f"instance {inst.id} ({itype.name}, {itype.describe()}) at {inst.address}"
         self._to(job_id, S.STARTING, where)
-        self._run_on(job_id, inst, lambda a: a.start_job(start_request(job, image)))
+        self._run_on(job_id, inst, lambda a: a.start_job(start_request(job, image, url)))
 
     def await_start(self, job_id: str) -> None:
         """The job was Starting when the control plane restarted and its agent still
@@ -147,7 +185,10 @@ class JobActions:
             self.store.update_job(job_id, current_instance_id=None)
             self._to(job_id, S.FAIL_TO_EXECUTE, "instance lost while starting")
             return
-        self._run_on(job_id, inst, None)
+        try:
+            self._run_on(job_id, inst, None)
+        except CancelledError as exc:
+            self._cancelled(job_id, exc)
 
     def _run_on(
         self, job_id: str, inst: InstanceInfo, launch: Callable[[AgentApi], object] | None
@@ -160,7 +201,11 @@ class JobActions:
                 with self.connect(inst, 30.0) as a:
                     launch(a)
             ended = (AgentPhase.RUNNING, AgentPhase.EXITED, AgentPhase.FAILED)
-            st = wait_job(inst, phases=ended, timeout=600, connect=self.connect)
+            st = wait_job(
+                inst, phases=ended, timeout=600, connect=self.connect, cancel=self.token(job_id)
+            )
+        except CancelledError:
+            raise  # the cancel stops the job there and ends the instance
         except OutgrowError as exc:
             self.jobdirs.release_quietly(job_id, inst, keep_logs=True)
             self.instances.end(inst.id, "failed")
@@ -192,17 +237,23 @@ class JobActions:
             return
         self._to(job_id, S.FLOATING, reason)
         target_inst = self.instances.take_warm(job_id, target.name)
+        cancel = self.token(job_id)
         try:
             if target_inst is None:
                 # Leaving a reclaimed spot instance: on-demand unless the job is spotOnly.
                 spot = (not job.spec.vm().allows_on_demand) if reclaim else None
                 tags = {"outgrow:migrating-from": source.id}
-                target_inst = self.instances.create(job, target, tags, spot=spot)
+                target_inst = self.instances.create(job, target, tags, spot=spot, cancel=cancel)
             self.instances.record(job_id, target_inst, status="starting")
             self.lifecycle.before_checkpoint(job_id)
             result = self.migrator.migrate(
-                source, target=target_inst, reason=reason, delete_source=False
+                source, target=target_inst, reason=reason, delete_source=False, cancel=cancel
             )
+        except CancelledError as exc:  # the job runs on the source: the cancel stops it
+            if target_inst is not None:
+                self.instances.end(target_inst.id, "failed")
+            self._cancelled(job_id, exc)
+            return
         except JobLostError as exc:
             if target_inst is not None:
                 self.instances.end(target_inst.id, "failed")
@@ -290,7 +341,10 @@ class JobActions:
             catalog = self.instances.catalog
             itype = catalog.get(released[-1].type) if released else self.instances.initial_type(job)
         try:
-            inst = self.instances.create(job, itype, spot=spot)
+            inst = self.instances.create(job, itype, spot=spot, cancel=self.token(job_id))
+        except CancelledError as exc:  # the checkpoint goes with the job (terminal hook)
+            self._cancelled(job_id, exc)
+            return
         except OutgrowError as exc:
             self._to(job_id, S.SUSPENDED, f"resume failed: {exc}")
             return
@@ -327,6 +381,7 @@ class JobActions:
     # ---- ending -----------------------------------------------------------------------
     def cancel(self, job_id: str, reason: str) -> None:
         job = self.job(job_id)
+        self._cancel_reasons.pop(job_id, None)
         if is_terminal(job.status):  # it ended on its own while the cancel waited its turn
             return
         if job.status in (S.SUBMITTED, S.SUSPENDED, S.NO_AVAILABLE_HOST):

@@ -24,7 +24,7 @@ from outgrow.domain.jobs import MetricPoint
 from outgrow.domain.policy import parse_cpu_range, parse_mem_range
 from outgrow.domain.rules import Context, Sample, evaluate
 from outgrow.domain.states import JobState as S
-from outgrow.errors import NotFoundError, OutgrowError
+from outgrow.errors import NotFoundError, OutgrowError, StoreUnavailable
 from outgrow.orchestrator.migrate import Connect
 from outgrow.providers.base import InstanceInfo, Provider
 from outgrow.store import JobRecord, Store
@@ -72,11 +72,22 @@ class Scheduler(threading.Thread):
         return w[-1] if w else None
 
     def run(self) -> None:
+        paused = False  # the database was away at the last tick
         while not self.stopping.wait(TICK):
             try:
                 self.tick()
+            except StoreUnavailable as exc:
+                # Not a bug: say so once (not four tracebacks a second) and tick on; the
+                # samples not stored meanwhile are fetched again (see _ingest).
+                if not paused:
+                    log.warning("scheduler paused: %s (%s)", exc, exc.detail or "")
+                paused = True
+                continue
             except Exception:
                 log.exception("scheduler tick failed")
+            if paused:
+                log.warning("the database is back: the scheduler resumes")
+                paused = False
 
     # ---- the loop -------------------------------------------------------------------
     def tick(self) -> None:
@@ -93,6 +104,8 @@ class Scheduler(threading.Thread):
             else:
                 try:
                     self.watch(rec)
+                except StoreUnavailable:
+                    raise  # the whole tick waits for the database (run())
                 except OutgrowError as exc:
                     log.warning("watching job %s: %s", rec.id, exc)
         for gone in self.provider.enforce_reclaims():
@@ -138,12 +151,9 @@ class Scheduler(threading.Thread):
         stalled: bool,
     ) -> None:
         window = self._windows.setdefault(rec.id, deque(maxlen=WINDOW))
+        kept = [s for s in samples if s.mem_limit_bytes is not None and s.cpu_quota_vcpus]
         points = []
-        for s in samples:
-            if s.mem_limit_bytes is None or not s.cpu_quota_vcpus:
-                continue
-            self._last_t[rec.id] = max(self._last_t.get(rec.id, 0.0), s.t)
-            window.append(_sample(s))
+        for s in kept:
             points.append(
                 MetricPoint(
                     t=s.t,
@@ -157,7 +167,12 @@ class Scheduler(threading.Thread):
                 )
             )
         if points:
+            # Stored first: if the store is away, the agent (which keeps an hour of
+            # samples) is asked for them again at the next poll, and none is lost.
             self.store.add_metrics(rec.id, points)
+        for s in kept:
+            self._last_t[rec.id] = max(self._last_t.get(rec.id, 0.0), s.t)
+            window.append(_sample(s))
         if stalled and now_sample is not None and now_sample.mem_limit_bytes:
             # The agent noticed the stall between its 1 s samples: decide on it now.
             window.append(_sample(now_sample.model_copy(update={"oom_stalled": True})))
@@ -253,7 +268,7 @@ class Scheduler(threading.Thread):
         if time.time() - checked < IDLE_CHECK_EVERY:
             return since
         try:
-            port = self.images.spec(rec.spec.image).port or DEFAULT_JUPYTER_PORT
+            port = self.images.for_job(rec.spec).port or DEFAULT_JUPYTER_PORT
         except NotFoundError:
             port = DEFAULT_JUPYTER_PORT
         base = f"http://{inst.address}:{port}/jobs/{rec.id}/api/"

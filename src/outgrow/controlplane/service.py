@@ -73,7 +73,7 @@ class ControlPlane:
         self.provider = provider
         self.stopping = threading.Event()
         self.accounts = Accounts(store)
-        self.images = Images(store)
+        self.images = Images(store, provider)
         self.lifecycle = Lifecycle(store)
         self.instances = Instances(store, provider, self.images, self.stopping)
         self.catalog = self.instances.catalog
@@ -88,6 +88,7 @@ class ControlPlane:
             self.instances,
             self.jobdirs,
             self.images,
+            token=self.workers.token,
         )
         self.scheduler = Scheduler(
             store,
@@ -188,7 +189,7 @@ class ControlPlane:
 
     # ---- jobs: changing -------------------------------------------------------------
     def submit(self, actor: UserView, spec: JobSpec) -> JobView:
-        image = self.images.spec(spec.image)  # NotFoundError names the image
+        image = self.images.check_job(spec)  # NotFoundError names the image
         if spec.instance_type:
             self.catalog.get(spec.instance_type)
         else:
@@ -197,7 +198,7 @@ class ControlPlane:
                 raise ValidationError(
                     f"no instance type fits -c {spec.cpu} -m {spec.mem}", field="mem"
                 )
-        if not image.is_jupyter and not spec.script.strip():
+        if not image.is_jupyter and not image.is_oci and not spec.script.strip():
             raise ValidationError("a python job needs a job script", field="script")
         if spec.idle_timeout_s is None and image.is_jupyter:
             spec = spec.model_copy(update={"idle_timeout_s": JUPYTER_IDLE_DEFAULT_S})
@@ -306,8 +307,12 @@ class ControlPlane:
         rec = self._find(actor, ref)
         check_action("cancel", rec.status)
         self.instances.drop_warm(rec.id)
-        # Cancel waits for a running action of the job rather than racing it.
-        self.workers.run_when_free(rec.id, self.actions.cancel, f"cancelled by {actor.name}")
+        reason = f"cancelled by {actor.name}"
+        # A running action waiting (an agent, an image build, a retry) stops at once and
+        # ends the job itself; one that does not wait finishes first, then the cancel runs.
+        self.actions.note_cancel(rec.id, reason)
+        self.workers.cancel(rec.id)
+        self.workers.run_when_free(rec.id, self.actions.cancel, reason)
         return self.view(rec.id)
 
     def restart(self, actor: UserView, ref: str) -> JobView:

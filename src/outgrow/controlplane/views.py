@@ -7,14 +7,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from outgrow import __version__
+from outgrow.controlplane import prometheus
 from outgrow.controlplane.images import Images
 from outgrow.domain.images import ImageSpec
 from outgrow.domain.jobs import InstanceView, JobView, MetricPoint
 from outgrow.domain.rules import Sample
 from outgrow.domain.security import SecurityGroup, default_ports
 from outgrow.domain.states import ACTIONS, is_terminal
-from outgrow.domain.states import JobState as S
 from outgrow.errors import NotFoundError, ValidationError
 from outgrow.providers.base import Capability, Provider
 from outgrow.store import InstanceRecord, JobRecord, Store
@@ -57,8 +56,8 @@ class Views:
 
     def image_of(self, rec: JobRecord) -> ImageSpec | None:
         try:
-            return self.images.spec(rec.spec.image)
-        except NotFoundError:  # removed since the job was submitted
+            return self.images.for_job(rec.spec)
+        except (NotFoundError, ValidationError):  # removed (or replaced) since submitted
             return None
 
     def url(self, rec: JobRecord, image: ImageSpec | None) -> str | None:
@@ -132,22 +131,13 @@ class Views:
         }
 
     def prometheus(self) -> str:
-        counts: dict[str, int] = {}
-        lines = [f'outgrow_info{{version="{__version__}"}} 1', "# TYPE outgrow_jobs gauge"]
-        jobs = self.store.list_jobs(None)
-        for j in jobs:
-            counts[j.status] = counts.get(j.status, 0) + 1
-        for st in S:
-            lines.append(f'outgrow_jobs{{status="{st.value}"}} {counts.get(st.value, 0)}')
-        lines.append("# TYPE outgrow_job_memory_bytes gauge")
-        lines.append("# TYPE outgrow_job_cpu_vcpus gauge")
-        for j in jobs:
-            last = self.last_sample(j.id) if j.status == S.EXECUTING else None
-            if last is not None:
-                labels = f'job="{j.id}",name="{j.name}"'
-                lines.append(f"outgrow_job_memory_bytes{{{labels}}} {last.mem_used_bytes}")
-                lines.append(f"outgrow_job_cpu_vcpus{{{labels}}} {last.cpu_used_vcpus}")
-        return "\n".join(lines) + "\n"
+        """The Prometheus text of ``GET /metrics`` (controlplane/prometheus.py)."""
+        return prometheus.render(
+            self.store.list_jobs(None),
+            self.store.all_instances(),
+            [e for _, e in self.store.events_of_type("migration")],
+            self.last_sample,
+        )
 
 
 def downsample(points: list[MetricPoint], step: float) -> list[MetricPoint]:

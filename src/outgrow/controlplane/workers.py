@@ -1,5 +1,10 @@
 """The per-job serial executor: at most one long action (start, migrate, suspend, …) per
-job at a time, on a shared thread pool."""
+job at a time, on a shared thread pool.
+
+Each running action has a cancellation token (``outgrow.cancel``): :meth:`Workers.token`
+hands it to the action (and down to the provider calls that wait), :meth:`Workers.cancel`
+sets it, so a cancel interrupts a start waiting for an agent or an image build instead of
+queueing behind it."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from outgrow.errors import StoreUnavailable
 from outgrow.store import Store
 
 log = logging.getLogger("outgrow.controlplane")
@@ -21,6 +27,7 @@ class Workers:
         self.stopping = stopping
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="job")
         self._busy: set[str] = set()
+        self._tokens: dict[str, threading.Event] = {}  # job → its running action's token
         self._guard = threading.Lock()
 
     def busy(self, job_id: str) -> bool:
@@ -36,6 +43,7 @@ class Workers:
             with self._guard:
                 if job_id not in self._busy:
                     self._busy.add(job_id)
+                    self._tokens[job_id] = threading.Event()  # fresh: a cancel ends one action
                     break
             if time.monotonic() >= deadline or self.stopping.wait(0.05):
                 return False
@@ -43,6 +51,11 @@ class Workers:
         def work() -> None:
             try:
                 fn(job_id, *args)
+            except StoreUnavailable as exc:
+                # The database is away: the action is decided again once it is back (the
+                # job's status did not move), and no error event can be written anyway.
+                name = getattr(fn, "__name__", "action")
+                log.warning("action %s on job %s: %s (%s)", name, job_id, exc, exc.detail or "")
             except Exception:
                 name = getattr(fn, "__name__", "action")
                 log.exception("action %s on job %s failed", name, job_id)
@@ -55,8 +68,24 @@ class Workers:
             finally:
                 with self._guard:
                     self._busy.discard(job_id)
+                    self._tokens.pop(job_id, None)
 
         self._pool.submit(work)
+        return True
+
+    def token(self, job_id: str) -> threading.Event | None:
+        """The cancellation token of the job's running action (None: none runs)."""
+        with self._guard:
+            return self._tokens.get(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the job's running action (its waits raise CancelledError); False when
+        no action runs."""
+        with self._guard:
+            token = self._tokens.get(job_id)
+        if token is None:
+            return False
+        token.set()
         return True
 
     def run_when_free(self, job_id: str, fn: Callable[..., None], *args: Any) -> None:

@@ -1,7 +1,10 @@
 """Images: what a job's software environment is (pure data; building them is agent/images.py).
 
 An image spec names a kind (what the job runs: JupyterLab, a headless Jupyter server, a
-Python batch script) and the pip requirements of its virtualenv. Kinds, the port a
+Python batch script) and either the pip requirements of its virtualenv or, for an OCI
+image, the digest of that image in the host cache (``oci``; agent/oci.py). An OCI image's
+kind is ``python`` (a script, or the image's own Entrypoint/Cmd) until a job asks for the
+image's own Jupyter (``JobSpec.jupyter``, :meth:`ImageSpec.for_job`). Kinds, the port a
 Jupyter image serves on, and the built-in images are defined here and nowhere else.
 """
 
@@ -13,9 +16,10 @@ import platform
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
+from outgrow.domain.oci import OciRef
 from outgrow.errors import ValidationError
 
 try:  # only if installed in this environment; never pip's vendored copy
@@ -153,6 +157,7 @@ class ImageSpec:
     description: str = ""
     docs: str = ""
     default_port: int | None = None
+    oci: OciRef | None = None  # an OCI image (pip is then empty)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
@@ -171,17 +176,44 @@ class ImageSpec:
         object.__setattr__(self, "pip", tuple(validate_requirement(p) for p in self.pip))
         if self.default_port is not None and not 1 <= self.default_port <= 65535:
             raise ValidationError(f"invalid port {self.default_port}", field="default_port")
+        if isinstance(self.oci, Mapping):
+            object.__setattr__(self, "oci", OciRef.from_dict(self.oci))
+        if self.oci is not None and self.pip:
+            raise ValidationError("an OCI image has no pip packages", field="pip")
+
+    @property
+    def is_oci(self) -> bool:
+        return self.oci is not None
+
+    def for_job(self, jupyter: str | None) -> ImageSpec:
+        """The image as a job runs it: ``jupyter`` ("lab", "server") runs an OCI image's
+        own Jupyter (kind jupyter-lab/jupyter-server, port 8888 unless the image says)."""
+        if jupyter is None:
+            return self
+        if not self.is_oci:
+            raise ValidationError(
+                f"--jupyter is for OCI images; image {self.name!r} is a {self.kind} image",
+                field="jupyter",
+            )
+        if jupyter not in ("lab", "server"):
+            raise ValidationError(
+                f"--jupyter must be lab or server, not {jupyter!r}", field="jupyter"
+            )
+        kind: ImageKind = "jupyter-lab" if jupyter == "lab" else "jupyter-server"
+        return replace(self, kind=kind, default_port=self.default_port or DEFAULT_JUPYTER_PORT)
 
     def content_hash(self, python_version: str | None = None, machine: str | None = None) -> str:
         """First 16 hex of sha256 over kind, the sorted normalized pip list and the interpreter
         (major.minor, default: this one) and machine. Name, description and docs do not count."""
         py, mach = _host_tag()
-        payload = {
+        payload: dict[str, Any] = {
             "kind": self.kind,
             "pip": sorted({_requirement_key(p) for p in self.pip}),
             "python": python_version or py,
             "machine": machine or mach,
         }
+        if self.oci is not None:
+            payload["oci"] = self.oci.digest
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -189,6 +221,12 @@ class ImageSpec:
         """Same kind and port; pip = base pip + extra. An extra with a version specifier replaces
         the base's entry for that package (``--pip 'pandas==2.2.3'``); a bare name the base
         already has keeps the base's pin; anything else is added (pip merges the two)."""
+        if self.is_oci:
+            raise ValidationError(
+                f"image {self.name!r} is an OCI image: pip packages cannot be added to it; "
+                "build a new image (outgrow image build) instead",
+                field="base",
+            )
         extra = parse_pip_spec(extra_pip) if isinstance(extra_pip, str) else tuple(extra_pip)
         pip = list(self.pip)
         for entry in (validate_requirement(e) for e in extra):
@@ -223,7 +261,7 @@ class ImageSpec:
         return DEFAULT_JUPYTER_PORT if self.is_jupyter else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "pip": list(self.pip)}
+        return {**asdict(self), "pip": list(self.pip)}  # oci: {"digest", "reference"} | None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ImageSpec:
@@ -238,6 +276,7 @@ class ImageSpec:
             description=d.get("description", ""),
             docs=d.get("docs", ""),
             default_port=d.get("default_port"),
+            oci=OciRef.from_dict(d["oci"]) if d.get("oci") else None,
         )
 
 

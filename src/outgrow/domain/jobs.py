@@ -58,6 +58,9 @@ class JobSpec(BaseModel):
     publish: list[str] = Field(default_factory=list)  # "8888:8888" (HOSTPORT:JOBPORT)
     allow_cidr: list[str] = Field(default_factory=list)
     idle_timeout_s: float | None = None  # Jupyter auto-suspend; None = image default
+    # OCI images: run the image's own Jupyter ("lab", "server") with outgrow's token and
+    # base URL; None runs the script, else the image's Entrypoint/Cmd.
+    jupyter: Literal["lab", "server"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -262,6 +265,19 @@ class ImageView(BaseModel):
     builtin: bool = False
     base: str | None = None
     owner: str | None = None
+    # OCI images (format "oci"): what the host cache knows of them (domain/oci.py)
+    format: Literal["venv", "oci"] = "venv"
+    oci: dict[str, str] | None = None  # {"digest", "reference"}
+    size_bytes: int | None = None
+    config: dict[str, Any] | None = None  # OciConfig.to_dict(): entrypoint, cmd, env, ...
+    labels: dict[str, str] = Field(default_factory=dict)
+    facts: dict[str, Any] | None = None  # RootfsFacts.to_dict(), once unpacked somewhere
+    jupyter: list[str] = Field(default_factory=list)  # the --jupyter modes it can serve
+    cached: list[str] = Field(default_factory=list)  # where it is cached, for people
+
+    @property
+    def digest(self) -> str | None:
+        return self.oci["digest"] if self.oci else None
 
 
 class MetricPoint(BaseModel):

@@ -34,8 +34,15 @@ from outgrow.agentapi.models import (
     RestoreRequest,
     RestoreResult,
 )
+from outgrow.cancel import Cancel, check, pause
 from outgrow.domain.storage import JobStorage, StorageKind
-from outgrow.errors import JobLostError, MigrationError, OutgrowError, ProviderError
+from outgrow.errors import (
+    CancelledError,
+    JobLostError,
+    MigrationError,
+    OutgrowError,
+    ProviderError,
+)
 from outgrow.providers.base import InstanceInfo, Provider
 
 log = logging.getLogger("outgrow.migrate")
@@ -91,9 +98,12 @@ class Migrator:
         spot: bool | None = None,
         delete_source: bool = True,
         on_step: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
     ) -> MigrationResult:
         """Move the job of ``source`` to ``target`` (or a new instance of ``target_type``).
-        On failure the job keeps running on ``source`` and MigrationError says why."""
+        On failure the job keeps running on ``source`` and MigrationError says why. A set
+        ``cancel`` stops the move between its steps (CancelledError, the job running on
+        the source); a checkpoint under way (seconds) finishes and is rolled back first."""
         step = on_step or (lambda s: log.info("migrate: %s", s))
         t_all = time.monotonic()
         with self.connect(source, 30.0) as src:
@@ -108,7 +118,10 @@ class Migrator:
                         target_type,
                         spot=source.spot if spot is None else spot,
                         tags={**source.tags, "outgrow:migrating-from": source.id},
+                        cancel=cancel,
                     )
+                except CancelledError:
+                    raise
                 except OutgrowError as exc:
                     raise MigrationError(
                         f"could not create the target instance: {exc}", detail=exc.detail
@@ -116,9 +129,10 @@ class Migrator:
                 created = True
             create_s = time.monotonic() - t_all
             try:
+                check(cancel, "moving the job")
                 storage = self.provider.attach_job_storage(job_id, source)
                 if storage.kind == StorageKind.SHARED:
-                    result = self._move(src, source, target, job_id, reason, transfer, step)
+                    result = self._move(src, source, target, job_id, reason, transfer, step, cancel)
                 else:
                     result = self._move_with_storage(
                         src, source, target, job_id, reason, storage, step
@@ -126,7 +140,9 @@ class Migrator:
             except BaseException as exc:
                 if created:  # also on Ctrl-C: a target we made must not leak
                     self._discard(target)
-                if not isinstance(exc, OutgrowError) or isinstance(exc, JobLostError):
+                if not isinstance(exc, OutgrowError) or isinstance(
+                    exc, JobLostError | CancelledError
+                ):
                     raise
                 raise MigrationError(
                     f"migration of job {job_id} failed, the job keeps running on "
@@ -196,12 +212,16 @@ class Migrator:
         reason: str,
         transfer: Transfer,
         step: Callable[[str], None],
+        cancel: Cancel | None = None,
     ) -> dict[str, Any]:
         with self.connect(target, 30.0) as dst:
             t_down = time.monotonic()
             ck, restore, url = self._dump(src, dst, target, job_id, transfer == "page-server", step)
             step("restoring on the target")
             try:
+                # A cancel during the dump: resume the source rather than restore a copy
+                # that would be stopped at once (the cancel stops the source's job).
+                check(cancel, "checkpointing the job for a move")
                 rs = restore()
             except OutgrowError:
                 _quietly(src.abort)
@@ -341,8 +361,10 @@ def wait_job(
     timeout: float = 600,
     progress: Callable[[str], None] | None = None,
     connect: Connect = agent,
+    cancel: Cancel | None = None,
 ) -> JobStatus:
-    """Poll the agent until its job reaches one of ``phases`` (or fails)."""
+    """Poll the agent until its job reaches one of ``phases`` (or fails); CancelledError
+    once ``cancel`` is set."""
     deadline = time.monotonic() + timeout
     seen = 0
     with connect(inst, 30.0) as a:
@@ -362,4 +384,4 @@ def wait_job(
             if time.monotonic() > deadline:
                 want = "/".join(p.value for p in phases)
                 raise OutgrowError(f"job did not reach {want} within {timeout:g} s")
-            time.sleep(0.2)
+            pause(cancel, 0.2, f"waiting for the job to start on {inst.id}")

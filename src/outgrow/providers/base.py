@@ -8,6 +8,10 @@ Every method a caller uses is declared here; the optional ones have a default th
 nothing (or refuses with a ProviderError) and a :class:`Capability` saying whether the
 provider really offers them (``provider.supports(Capability.X)``), as in SkyPilot's
 provision interface. Providers are found by short name (:func:`get_provider`).
+
+Methods that wait (for an agent, an image build) take ``cancel``, the job action's
+cancellation token (``outgrow.cancel``): once it is set they undo what they made and
+raise CancelledError within seconds.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
+from outgrow.agent.oci import OciCache
+from outgrow.cancel import Cancel
 from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
+from outgrow.domain.oci import OciImage, RootfsFacts
 from outgrow.domain.security import SecurityGroup
 from outgrow.domain.storage import JobStorage, is_object_url
 from outgrow.errors import ConfigError, ProviderError
@@ -79,10 +86,12 @@ class Provider(ABC):
         spot: bool = False,
         tags: Mapping[str, str] | None = None,
         security_group: SecurityGroup | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceInfo:
         """Create an instance and return once its agent answers (ProviderError otherwise).
         ``security_group`` (providers with Capability.SECURITY_GROUPS) limits inbound
-        traffic from the start; None leaves the instance open."""
+        traffic from the start; None leaves the instance open. A set ``cancel`` deletes
+        the half-made instance and raises CancelledError."""
 
     @abstractmethod
     def delete_instance(self, instance_id: str) -> None:
@@ -94,7 +103,7 @@ class Provider(ABC):
     @abstractmethod
     def list_instances(self) -> list[InstanceInfo]: ...
 
-    def restart_agent(self, instance_id: str) -> None:
+    def restart_agent(self, instance_id: str, cancel: Cancel | None = None) -> None:
         """Start the agent of an existing instance again; it re-adopts its job
         (Capability.RESTART_AGENT). Default: nothing (the instance's init system does)."""
         return None
@@ -114,10 +123,78 @@ class Provider(ABC):
         provider's shared directory), or None (it lives on the instances)."""
         return None
 
-    def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
-        """Make an image available to this provider's instances before a job starts.
+    def prepare_image(
+        self,
+        spec: ImageSpec,
+        progress: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> None:
+        """Make an image available to this provider's instances before a job starts (never
+        inside a move's downtime; a set ``cancel`` stops a build: CancelledError).
         Default: nothing (the agent builds it on its instance)."""
         return None
+
+    # ---- OCI images: the control plane host's cache (agent/oci.py) ----------------------
+    # Every image is imported, verified and unpacked here first, whatever the provider: the
+    # API answers with its config and what its rootfs offers (shell, python, jupyter).
+    settings: Settings  # every provider keeps the settings it was made with
+
+    def oci_cache(self) -> OciCache:
+        return OciCache(
+            self.settings.image_cache_dir,
+            insecure_registries=self.settings.oci_insecure_registries,
+        )
+
+    def import_image(
+        self, archive: Path, name: str, progress: Callable[[str], None] | None = None
+    ) -> tuple[OciImage, RootfsFacts]:
+        """Import an image archive (or OCI layout directory) into the host cache and unpack
+        it: the image and what its rootfs offers."""
+        cache = self.oci_cache()
+        image = cache.import_archive(archive, name, label=f"'{name}'")
+        return image, self._unpacked(cache, image, progress)
+
+    def pull_image(
+        self, reference: str, progress: Callable[[str], None] | None = None
+    ) -> tuple[OciImage, RootfsFacts]:
+        """Pull an image from its registry into the host cache and unpack it."""
+        cache = self.oci_cache()
+        image = cache.pull(reference)
+        return image, self._unpacked(cache, image, progress)
+
+    @staticmethod
+    def _unpacked(
+        cache: OciCache, image: OciImage, progress: Callable[[str], None] | None
+    ) -> RootfsFacts:
+        cache.ensure_rootfs(image.digest, progress)
+        facts = cache.facts(image.digest)
+        assert facts is not None  # just unpacked
+        return facts
+
+    def image_facts(self, digest: str) -> RootfsFacts | None:
+        """What the image's rootfs offers, when it is unpacked on this host (else None)."""
+        return self.oci_cache().facts(digest)
+
+    def image_locations(self, digest: str) -> list[str]:
+        """Where image ``digest`` is cached, for people (``outgrow image ls``)."""
+        cache = self.oci_cache()
+        if cache.get(digest) is None:
+            return []
+        if cache.unpacked(digest):
+            return [f"host:{cache.rootfs_path(digest)}"]
+        return [f"host:{cache.layout} (not unpacked)"]
+
+    def image_archive_url(self, digest: str) -> str | None:
+        """Where an instance fetches the image's archive from (aws: S3), or None: the
+        instance reads this host's cache (local) or pulls the image itself."""
+        return None
+
+    def remove_image(self, digest: str) -> None:
+        """Delete image ``digest`` from the host cache (and wherever the provider shipped
+        it); the caller knows no job uses it. Idempotent."""
+        cache = self.oci_cache()
+        if cache.get(digest) is not None:
+            cache.remove(digest)
 
     def reclaim(self, instance_id: str, in_s: float) -> float:
         """Announce that a (spot) instance will be taken away in ``in_s`` seconds; returns

@@ -37,6 +37,8 @@ class ProxyError(Exception):
     def of(cls, exc: OutgrowError) -> ProxyError:
         status = status_for(exc)
         headers = [(b"www-authenticate", b"Bearer")] if status == 401 else None
+        if status == 503:  # the database is away: say so, and when to try again
+            return cls(status, exc.code, exc.message, retry_after=5)
         message = exc.message if status < 500 else "internal error; see the server log"
         return cls(status, exc.code if status < 500 else "internal", message, headers=headers)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
@@ -180,6 +182,13 @@ class AccountsMixin(StoreBase):
                 builtin=image.builtin,
                 base=image.base,
                 owner_id=owner_id,
+                format=image.format,
+                oci_digest=image.digest,
+                oci_reference=image.oci["reference"] if image.oci else None,
+                size_bytes=image.size_bytes,
+                oci_config=image.config,
+                labels=image.labels or None,
+                oci_facts=image.facts,
             )
             s.add(row)
             flush_or_conflict(s, conflict, "name")
@@ -194,6 +203,14 @@ class AccountsMixin(StoreBase):
         with self._tx() as s:
             rows = s.execute(_IMAGES.order_by(Image.name)).all()
             return [image_view(r[0], r[1]) for r in rows]
+
+    def set_image_facts(self, name: str, facts: dict[str, Any]) -> None:
+        """Record what an OCI image's rootfs offers (found when it was unpacked)."""
+        with self._tx(write=True) as s:
+            row = s.scalar(select(Image).where(Image.name == name))
+            if row is None:
+                raise NotFoundError(f"no image {name!r}", field="name")
+            row.oci_facts = dict(facts)
 
     def delete_image(self, name: str) -> None:
         with self._tx(write=True) as s:

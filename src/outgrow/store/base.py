@@ -1,4 +1,11 @@
-"""Shared machinery of the store: the session factory, transactions and row helpers."""
+"""Shared machinery of the store: the session factory, transactions and row helpers.
+
+The store's boundary for database outages: a transaction that fails because the database
+cannot be reached (PostgreSQL down or restarting, a network cut, a pool that cannot hand
+out a connection, SQLite busy past its timeout) raises :class:`StoreUnavailable` (HTTP
+503, "try again") instead of SQLAlchemy's error (a 500 with a traceback in the log). The
+next transaction reconnects by itself (``pool_pre_ping``, see :mod:`outgrow.store.engine`).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,41 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from outgrow.domain.jobs import check_name
-from outgrow.errors import ConflictError, NotFoundError, ValidationError
-from outgrow.store.engine import BEGIN_OPTION
+from outgrow.errors import ConflictError, NotFoundError, StoreUnavailable, ValidationError
+from outgrow.store.engine import BEGIN_OPTION, safe_url
 from outgrow.store.models import Job, User
+
+UNAVAILABLE_MESSAGE = "the control plane's database is unavailable; try again shortly"
+# SQLite reports its own bugs (no such table, syntax) as OperationalError too: only these
+# mean "the file cannot be used right now".
+SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly")
+
+
+def is_unavailable(exc: BaseException, backend: str) -> bool:
+    """Whether ``exc`` says the database cannot be reached or used now (not a bug)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if backend == "sqlite":
+        return any(w in str(exc.orig).lower() for w in SQLITE_UNAVAILABLE)
+    return True
+
+
+def store_unavailable(url: object, exc: BaseException, where: bool = False) -> StoreUnavailable:
+    """The StoreUnavailable for ``exc``: its detail (for logs) names the URL without its
+    password and the driver's reason on one line; with ``where`` the message does too
+    (for the operator starting the control plane, not for API clients)."""
+    reason = exc.orig if isinstance(exc, DBAPIError) else exc
+    why = " ".join(str(reason).split())[:300] or type(reason).__name__
+    detail = f"{safe_url(str(url))}: {why}"
+    message = f"cannot reach the database {detail}" if where else UNAVAILABLE_MESSAGE
+    return StoreUnavailable(message, detail=detail)
 
 
 def valid_name(value: str, field: str, what: str) -> str:
@@ -80,6 +115,12 @@ class StoreBase:
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Session]:
-        """A session in one transaction: committed at the end, rolled back on error."""
-        with self._serial, (self._write if write else self._read)() as s, s.begin():
-            yield s
+        """A session in one transaction: committed at the end, rolled back on error; a
+        database that cannot be reached is a StoreUnavailable (module docstring)."""
+        try:
+            with self._serial, (self._write if write else self._read)() as s, s.begin():
+                yield s
+        except (DBAPIError, PoolTimeout) as exc:
+            if not is_unavailable(exc, self._engine.url.get_backend_name()):
+                raise
+            raise store_unavailable(self._engine.url, exc) from exc

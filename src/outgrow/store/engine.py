@@ -7,6 +7,13 @@ before it reads, waits for it with the busy timeout, and never hits the read-the
 upgrade deadlock (``SQLITE_BUSY`` without waiting) of deferred transactions. Read-only
 transactions use a plain ``BEGIN`` and, with WAL, never wait for writers.
 
+PostgreSQL (``OUTGROW_DATABASE_URL=postgresql://user:password@host/db``, the ``postgres``
+extra) goes through psycopg 3: a URL without a driver gets ``+psycopg`` (SQLAlchemy's
+default would be psycopg2, which outgrow does not ship). Pooled connections are pinged
+before use (``pool_pre_ping``), so connections a database restart cut are replaced
+instead of failing a request, and connecting gives up after ``PG_CONNECT_TIMEOUT_S``
+(a down host must not hang a request or the start for minutes).
+
 Alembic is configured in code (:func:`alembic_config`): no ini file, the script location
 is the ``migrations`` directory next to this module, wherever the package is installed.
 To write a new revision, from the repository::
@@ -25,12 +32,15 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import StaticPool
+
+from outgrow.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BEGIN_OPTION = "outgrow_sqlite_begin"  # execution option read by the SQLite "begin" hook
 SQLITE_BUSY_TIMEOUT_MS = 5000
+PG_CONNECT_TIMEOUT_S = 5
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -56,6 +66,18 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; for SQLite, creates the database file's directory and
     installs the per-connection pragmas and the BEGIN hook."""
     u = make_url(url)
+    if u.get_backend_name() == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+psycopg")
+        connect: dict[str, Any] = {}
+        if "connect_timeout" not in u.query:
+            connect["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        try:
+            return create_engine(u, pool_pre_ping=True, connect_args=connect)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"{safe_url(u)} needs the PostgreSQL driver: pip install 'outgrow[postgres]'"
+            ) from exc
     if u.get_backend_name() != "sqlite":
         return create_engine(u, pool_pre_ping=True)
 
@@ -91,3 +113,11 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked (``***``), for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show nothing of it that could be a secret
+        return "<an invalid database URL>"

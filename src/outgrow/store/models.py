@@ -122,6 +122,16 @@ class Image(Base):
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # OCI images (format "oci", revision 0002): the manifest digest in the host cache,
+    # where it came from, its blobs' size, its parsed config and labels, and what its
+    # rootfs offers (RootfsFacts) once it was unpacked.
+    format: Mapped[str] = mapped_column(String(8), default="venv", server_default="venv")
+    oci_digest: Mapped[str | None] = mapped_column(String(71), default=None, index=True)
+    oci_reference: Mapped[str | None] = mapped_column(Text, default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    oci_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    oci_facts: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Template(Base):
@@ -200,7 +210,10 @@ class Instance(Base):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_job_id_id", "job_id", "id"),
+        Index("ix_events_type_id", "type", "id"),  # /metrics: every migration, each scrape
+    )
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

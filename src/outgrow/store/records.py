@@ -165,4 +165,12 @@ def image_view(i: m.Image, owner: str | None) -> ImageView:
         builtin=i.builtin,
         base=i.base,
         owner=owner,
+        format="oci" if i.format == "oci" else "venv",
+        oci=(
+            {"digest": i.oci_digest, "reference": i.oci_reference or ""} if i.oci_digest else None
+        ),
+        size_bytes=i.size_bytes,
+        config=i.oci_config,
+        labels=i.labels or {},
+        facts=i.oci_facts,
     )

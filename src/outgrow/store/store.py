@@ -17,6 +17,8 @@ from dataclasses import asdict
 from typing import Any, get_args
 
 from sqlalchemy import CursorResult, delete, false, func, insert, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from outgrow.domain.jobs import EventView, InstanceView, JobSpec, MetricPoint
 from outgrow.domain.states import (
@@ -28,7 +30,14 @@ from outgrow.domain.states import (
 )
 from outgrow.errors import ConflictError, NotFoundError, ValidationError
 from outgrow.store.accounts import AccountsMixin
-from outgrow.store.base import flush_or_conflict, get_user_row, live_job, reject_unknown
+from outgrow.store.base import (
+    flush_or_conflict,
+    get_user_row,
+    is_unavailable,
+    live_job,
+    reject_unknown,
+    store_unavailable,
+)
 from outgrow.store.engine import make_engine, upgrade
 from outgrow.store.models import Event, Instance, Job, Metric, Run, User, utcnow
 from outgrow.store.records import (
@@ -83,10 +92,17 @@ class Store(AccountsMixin):
 
     @classmethod
     def open(cls, url: str) -> Store:
-        """Connect and bring the schema to the newest revision (``alembic upgrade head``)."""
+        """Connect and bring the schema to the newest revision (``alembic upgrade head``);
+        StoreUnavailable (naming the URL, never its password) if the database cannot be
+        reached."""
         engine = make_engine(url)
         try:
             upgrade(engine)
+        except (DBAPIError, PoolTimeout) as exc:
+            engine.dispose()
+            if not is_unavailable(exc, engine.url.get_backend_name()):
+                raise
+            raise store_unavailable(engine.url, exc, where=True) from exc
         except BaseException:
             engine.dispose()
             raise
@@ -313,6 +329,20 @@ class Store(AccountsMixin):
                 .order_by(Instance.started_at, Instance.id)
             )
             return [instance_record(i) for i in rows]
+
+    def all_instances(self) -> list[InstanceRecord]:
+        """Every instance of every job, ended ones too (what the Prometheus totals need in
+        one query)."""
+        with self._tx() as s:
+            rows = s.scalars(select(Instance).order_by(Instance.started_at, Instance.id))
+            return [instance_record(i) for i in rows]
+
+    def events_of_type(self, type: str) -> list[tuple[str, EventView]]:
+        """(job id, event) of every event of this type, any job (deleted ones too: counters
+        built from them must never go down), oldest first."""
+        with self._tx() as s:
+            rows = s.scalars(select(Event).where(Event.type == type).order_by(Event.id))
+            return [(e.job_id, event_view(e)) for e in rows]
 
     # --- metrics ------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from outgrow.transfer.boto import AwsAdaptor, error_code
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
-Kind = Literal["suspend", "transfer", "jobdir"]
+Kind = Literal["suspend", "transfer", "jobdir", "image"]
 LIFECYCLE_TRANSFER_ID = "outgrow-transfer-expiry"
 LIFECYCLE_MULTIPART_ID = "outgrow-abort-incomplete-uploads"
 

@@ -51,6 +51,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outgrow.agentapi.client import AgentClient
+from outgrow.cancel import Cancel, check, pause
+from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import Catalog, InstanceType
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
 from outgrow.domain.storage import JobStorage, StorageKind
@@ -58,11 +60,11 @@ from outgrow.errors import AgentError, ConfigError, NotFoundError, OutgrowError,
 from outgrow.providers.aws import groups, launch
 from outgrow.providers.aws.account import Account
 from outgrow.providers.aws.catalog import InstanceCatalog
+from outgrow.providers.aws.images import ImageShipping
 from outgrow.providers.aws.prices import PriceTable, load_price_table
 from outgrow.providers.aws.secgroups import SecurityGroups, sg_name
 from outgrow.providers.aws.settings import AwsSettings
 from outgrow.providers.aws.tags import (
-    KIND_JOB_VOLUME,
     LIVE_STATES,
     NOT_GONE,
     STATE_MAP,
@@ -196,6 +198,40 @@ class AwsProvider(Provider):
         """Delete the job's security group (when the job ended); waits while instances
         that are shutting down still hold it. Nothing to do when there is none."""
         self.groups.delete(job_id, timeout)
+
+    # ---- OCI images (providers/aws/images.py) -----------------------------------------
+    def _shipping(self) -> ImageShipping | None:
+        return ImageShipping(self._store(), self.oci_cache()) if self.aws.s3_bucket else None
+
+    def prepare_image(
+        self,
+        spec: ImageSpec,
+        progress: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> None:
+        """An OCI image goes to S3 for the instance to fetch (a venv image is built by the
+        agent on its instance)."""
+        check(cancel, "preparing the image")
+        shipping = self._shipping()
+        if spec.oci is not None and shipping is not None:
+            shipping.ship(spec.oci.digest, progress)
+
+    def image_archive_url(self, digest: str) -> str | None:
+        shipping = self._shipping()
+        return shipping.url(digest) if shipping is not None else None
+
+    def image_locations(self, digest: str) -> list[str]:
+        shipping = self._shipping()
+        found = super().image_locations(digest)
+        if shipping is not None and shipping.shipped(digest):
+            found.append(shipping.url(digest))
+        return found
+
+    def remove_image(self, digest: str) -> None:
+        super().remove_image(digest)
+        shipping = self._shipping()
+        if shipping is not None:
+            shipping.delete(digest)
 
     # ---- job storage ------------------------------------------------------------------
     def _store(self) -> CheckpointStore:
@@ -359,10 +395,13 @@ class AwsProvider(Provider):
         instance_id: str | None = None,
         wait_for_agent: bool = True,
         agent_timeout_s: float | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceInfo:
         """Launch (or, given the ``instance_id`` of an earlier attempt, find again) an
         instance and wait for its agent. ``wait_for_agent=False`` returns right after
-        RunInstances (tests; callers that wait themselves)."""
+        RunInstances (tests; callers that wait themselves). A set ``cancel`` terminates
+        the instance and raises CancelledError (its security group is the job's: it goes
+        when the job ends)."""
         itype = self.instance_types().get(type_name)
         if security_group is not None:
             security_group.check_reserved(self.aws.agent_port, PAGE_SERVER_PORTS)
@@ -373,7 +412,7 @@ class AwsProvider(Provider):
             if existing is not None:
                 info = self._info(existing)
                 if wait_for_agent:
-                    self.wait_for_agent(info, agent_timeout_s)
+                    self.wait_for_agent(info, agent_timeout_s, cancel=cancel)
                 return info
         iid = instance_id or secrets.token_hex(4)
         all_tags = {
@@ -402,6 +441,7 @@ class AwsProvider(Provider):
         req = self.launch_request(
             iid, itype, spot=spot, tags=all_tags, group_id=group_id, user_data=user_data
         )
+        check(cancel, "launching an instance")
         raw = self._ec2("run_instances", **req)["Instances"][0]
         log.info(
             "launched %s %s (%s, %s)",
@@ -411,10 +451,10 @@ class AwsProvider(Provider):
             "spot" if spot else "on-demand",
         )
         try:
-            raw = self._await_visible(iid, raw)
+            raw = self._await_visible(iid, raw, cancel=cancel)
             info = self._info(raw)
             if wait_for_agent:
-                self.wait_for_agent(info, agent_timeout_s)
+                self.wait_for_agent(info, agent_timeout_s, cancel=cancel)
             return info
         except BaseException as exc:
             log.error("instance %s (%s) failed: %s; terminating it", iid, raw["InstanceId"], exc)
@@ -427,7 +467,11 @@ class AwsProvider(Provider):
             raise
 
     def _await_visible(
-        self, iid: str, launched: dict[str, Any], timeout: float = 60.0
+        self,
+        iid: str,
+        launched: dict[str, Any],
+        timeout: float = 60.0,
+        cancel: Cancel | None = None,
     ) -> dict[str, Any]:
         """The instance as DescribeInstances sees it (EC2 is eventually consistent)."""
         deadline = time.monotonic() + timeout
@@ -438,19 +482,30 @@ class AwsProvider(Provider):
                 return raw
             if time.monotonic() > deadline:
                 return raw or launched
-            self.sleep(delay)
+            self._pause(delay, cancel, f"waiting for instance {iid} to show")
             delay = min(delay * 2, 5.0)
 
-    def wait_for_agent(self, info: InstanceInfo, timeout: float | None = None) -> None:
+    def _pause(self, seconds: float, cancel: Cancel | None, what: str) -> None:
+        if cancel is None:
+            self.sleep(seconds)
+        else:  # the cancel cuts the wait short (tests' no-op ``sleep`` does not apply)
+            pause(cancel, seconds, what)
+
+    def wait_for_agent(
+        self, info: InstanceInfo, timeout: float | None = None, cancel: Cancel | None = None
+    ) -> None:
         """Wait until the instance's agent answers /v1/health; ProviderError (with the
-        console output's tail as detail) on timeout or when the instance goes away."""
+        console output's tail as detail) on timeout or when the instance goes away;
+        CancelledError as soon as ``cancel`` is set."""
         timeout = self.aws.agent_health_timeout_s if timeout is None else timeout
         ec2_id = info.tags.get(TAG_EC2_ID, info.id)
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         next_state_check = 0.0
+        what = f"waiting for the agent of instance {info.id}"
         with AgentClient(info.agent_url, info.agent_token) as c:
             while True:
+                check(cancel, what)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -470,7 +525,7 @@ class AwsProvider(Provider):
                             f"answered{': ' + reason if reason else ''}",
                             detail=str(last),
                         )
-                self.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+                self._pause(min(2.0, max(0.0, deadline - time.monotonic())), cancel, what)
         raise ProviderError(
             f"the agent of instance {info.id} ({ec2_id}, {info.address or 'no address'}) "
             f"did not become healthy within {timeout:g} s; check that the control plane "
@@ -498,30 +553,7 @@ class AwsProvider(Provider):
         iid = instance_id
         if raw is not None:
             iid = tag_dict(raw).get(TAG_INSTANCE, iid)
-        self._delete_volumes([{"Name": f"tag:{TAG_INSTANCE}", "Values": [iid]}])
-
-    def _delete_volumes(self, filters: list[dict[str, Any]]) -> list[str]:
-        """Delete the cluster's detached *instance* volumes matching ``filters`` (those
-        tagged ``outgrow:instance``; a job volume is never one of them)."""
-        removed = []
-        for v in self.adaptor.pages(
-            "ec2",
-            "describe_volumes",
-            "Volumes",
-            Filters=[
-                {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.aws.cluster]},
-                {"Name": "tag-key", "Values": [TAG_INSTANCE]},
-                {"Name": "status", "Values": ["available"]},
-                *filters,
-            ],
-        ):
-            tags = tag_dict(v)
-            if tags.get(TAG_KIND) == KIND_JOB_VOLUME or TAG_INSTANCE not in tags:
-                continue
-            with contextlib.suppress(NotFoundError):
-                self._ec2("delete_volume", VolumeId=v["VolumeId"])
-                removed.append(v["VolumeId"])
-        return removed
+        self.volumes.delete_instance_volumes([{"Name": f"tag:{TAG_INSTANCE}", "Values": [iid]}])
 
     def wait_terminated(self, instance_ids: Collection[str] = (), timeout: float = 600.0) -> None:
         """Until none of ``instance_ids`` (default: the cluster's) is shutting down."""
@@ -550,7 +582,7 @@ class AwsProvider(Provider):
         volumes and the security groups no instance uses any more. Job volumes stay:
         they belong to jobs, not instances (:meth:`delete_job_storage`, :meth:`teardown`)."""
         removed = super().cleanup(keep)
-        removed += [f"volume {v}" for v in self._delete_volumes([])]
+        removed += [f"volume {v}" for v in self.volumes.delete_instance_volumes([])]
         in_use = {
             g["GroupId"] for r in self._raw(states=NOT_GONE) for g in r.get("SecurityGroups", [])
         }

@@ -57,6 +57,8 @@ PACKAGES = (
     "iproute2",
     "util-linux",
     "python3-seccomp",  # the job sandbox's init (agent/jobinit.py) loads its seccomp filter
+    "skopeo",  # OCI images: import the archive shipped through S3, or pull (agent/oci.py)
+    "umoci",
 )
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$")

@@ -228,6 +228,29 @@ class JobVolumes:
         with self._lock(job_id):
             return [self._delete(v, job_id) for v in self.find(job_id)]
 
+    def delete_instance_volumes(self, filters: list[dict[str, Any]]) -> list[str]:
+        """Delete the cluster's detached *instance* volumes matching ``filters`` (those
+        tagged ``outgrow:instance``: root volumes EC2 left; a job volume is never one)."""
+        removed = []
+        for v in self.account.adaptor.pages(
+            "ec2",
+            "describe_volumes",
+            "Volumes",
+            Filters=[
+                {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.aws.cluster]},
+                {"Name": "tag-key", "Values": [TAG_INSTANCE]},
+                {"Name": "status", "Values": ["available"]},
+                *filters,
+            ],
+        ):
+            tags = tag_dict(v)
+            if tags.get(TAG_KIND) == KIND_JOB_VOLUME or TAG_INSTANCE not in tags:
+                continue
+            with contextlib.suppress(NotFoundError):
+                self.account.ec2("delete_volume", VolumeId=v["VolumeId"])
+                removed.append(v["VolumeId"])
+        return removed
+
     def delete_all(self) -> list[str]:
         """Delete every job volume of the cluster (teardown, once its instances are gone)."""
         removed = []

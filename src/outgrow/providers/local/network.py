@@ -6,16 +6,19 @@ Every instance is a network namespace ``<prefix>-<id>`` (a file under ``/run/net
 every instance through the bridge's connected route, and instances reach each other at layer 2
 on the bridge: no NAT, no forwarding, no host sysctl is touched.
 
-Instance addresses are allocated in a JSON file in ``state_dir`` guarded by ``fcntl.flock``,
-so several processes may create instances concurrently. Everything this module creates is
-named with the resource prefix, so leftovers can be found again and removed (``cleanup``).
+Instance addresses are allocated host-wide, in ``<run_dir>/<prefix>/network.json`` guarded
+by ``fcntl.flock`` (``hoststate.py``): every process creating instances of the prefix —
+several control planes with their own data dirs, the CLI, tests — shares one table, and each
+entry names its *owner* (the data dir of the control plane that made it). Everything this
+module creates is named with the resource prefix, so leftovers can be found again; a
+sweep (``cleanup``) removes only its owner's instances and those nobody owns (no entry, or
+the owner's data dir is gone), never another control plane's.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from outgrow.errors import ConfigError, ProviderError, ValidationError
+from outgrow.providers.local.hoststate import RUN_DIR, Pools, locked, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,15 @@ class NetnsInfo:
     gateway: IPv4Address  # the bridge address
     host_veth: str  # f"{prefix}{instance_id}"
     inode: int  # st_ino of the netns file (CRIU's --external net[<inode>])
+
+
+def _owner(entry: dict[str, Any] | None) -> str | None:
+    """The owner of an allocation entry; None when there is none, or when its data dir is
+    gone (that control plane and its records are gone for good: a leftover)."""
+    owner = (entry or {}).get("owner")
+    if owner is None or not Path(str(owner)).exists():
+        return None
+    return str(owner)
 
 
 def mac_for(address: IPv4Address) -> str:
@@ -139,9 +152,10 @@ def _ip_json(*args: str, what: str, ok_missing: bool = False) -> list[dict[str, 
 
 
 class HostNetwork:
-    """The bridge, the instance namespaces and the address pool of one resource prefix."""
+    """The bridge, the instance namespaces and the address pool of one resource prefix, as
+    one owner (a control plane's data dir) sees them."""
 
-    def __init__(self, prefix: str, pool: str, state_dir: Path):
+    def __init__(self, prefix: str, pool: str, owner: str, run_dir: Path = RUN_DIR):
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigError(
                 f"invalid resource prefix {prefix!r}: must be 2-5 lowercase letters or digits",
@@ -160,11 +174,13 @@ class HostNetwork:
             )
         self.prefix = prefix
         self.pool = net
-        self.state_dir = Path(state_dir)
+        self.owner = owner
+        self.state_dir = Path(run_dir) / prefix
+        self.pools = Pools(Path(run_dir))
         self.bridge_name = f"{prefix}-br0"
         self.gateway: IPv4Address = net.network_address + 1
-        self._alloc_file = self.state_dir / f"network-{prefix}.json"
-        self._lock_file = self.state_dir / f"network-{prefix}.lock"
+        self._alloc_file = self.state_dir / "network.json"
+        self._lock_file = self.state_dir / "network.lock"
         self._netns_re = re.compile(rf"{re.escape(prefix)}-([0-9a-f]{{8}})")
         self._veth_re = re.compile(rf"{re.escape(prefix)}([0-9a-f]{{8}})")
 
@@ -184,6 +200,7 @@ class HostNetwork:
     def ensure_bridge(self) -> None:
         """Create the bridge, give it the gateway address and bring it up (idempotent)."""
         br = self.bridge_name
+        self.pools.claim(self.prefix, self.pool)  # no other prefix may overlap it
         links = _ip_json(
             "-d", "link", "show", "dev", br, what="cannot inspect the bridge", ok_missing=True
         )
@@ -234,24 +251,42 @@ class HostNetwork:
                 )
 
     def teardown(self) -> None:
-        """Remove every instance of this prefix, then the bridge."""
+        """Remove this owner's instances (and unowned leftovers), then the bridge and the
+        prefix's host-wide state — unless another owner still has instances on it."""
         self.cleanup()
-        _ip(
-            "link", "del", "dev", self.bridge_name, what="cannot delete the bridge", ok_missing=True
-        )
+        with self._locked():
+            others = sorted(
+                {
+                    str(e.get("owner"))
+                    for iid, e in self._entries().items()
+                    if e.get("owner") != self.owner and self.netns_path(iid).exists()
+                }
+            )
+            if others:
+                log.info("bridge %s kept: instances of %s use it", self.bridge_name, others)
+                return
+            _ip(
+                "link", "del", "dev", self.bridge_name,
+                what="cannot delete the bridge", ok_missing=True,
+            )  # fmt: skip
+            self.pools.release(self.prefix)
+            for path in (self._alloc_file, self._lock_file):
+                path.unlink(missing_ok=True)  # waiters on the lock notice (hoststate.locked)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()
 
     # -- instances -----------------------------------------------------------------------------
 
     def create(self, instance_id: str) -> NetnsInfo:
         """Create the instance's netns, veth pair and address. All or nothing."""
         validate_instance_id(instance_id)
-        self.ensure_bridge()
         name = self.netns_name(instance_id)
         path = self.netns_path(instance_id)
         veth = self.veth_name(instance_id)
         undo: list[str] = []
         try:
-            with self._locked():
+            with self._locked():  # the bridge too: a teardown may not remove it meanwhile
+                self.ensure_bridge()
                 if path.exists():
                     raise ProviderError(
                         f"network of instance {instance_id} already exists",
@@ -366,9 +401,12 @@ class HostNetwork:
         return None
 
     def list(self) -> list[NetnsInfo]:
-        """Every instance network of this prefix (sorted by instance id)."""
+        """Every instance network of this prefix this owner owns (sorted by instance id)."""
         out = []
+        entries = self._entries()
         for instance_id in sorted(self._netns_ids()):
+            if (entries.get(instance_id) or {}).get("owner") != self.owner:
+                continue
             info = self.get(instance_id)
             if info is not None:
                 out.append(info)
@@ -382,6 +420,11 @@ class HostNetwork:
         kernel netns teardown is asynchronous anyway).
         """
         validate_instance_id(instance_id)
+        owner = self.owner_of(instance_id)
+        if owner not in (None, self.owner):
+            raise ProviderError(
+                f"instance {instance_id} belongs to the control plane of {owner}: not deleted"
+            )
         _ip(
             "link", "del", "dev", self.veth_name(instance_id),
             what=f"cannot delete the network interface of instance {instance_id}", ok_missing=True,
@@ -393,17 +436,28 @@ class HostNetwork:
         self._release(instance_id)
 
     def cleanup(self, keep: Collection[str] = ()) -> builtins.list[str]:
-        """Delete every instance netns/veth/allocation of this prefix whose id is not in keep.
+        """Delete the instance netns/veths/allocations of this prefix that this owner owns,
+        or that nobody owns (leftovers), and whose id is not in keep; never another
+        owner's. Returns the removed instance ids, sorted.
 
-        Not safe against a concurrent create() of the same prefix (it would be undone).
-        Returns the removed instance ids, sorted.
+        Not safe against a concurrent create() of the same owner (it would be undone).
+        Another owner's create() is safe: its allocation is written before its netns.
         """
         keep_ids = set(keep)
-        ids = self._netns_ids() | self._veth_ids() | set(self._read_allocations())
-        removed = sorted(i for i in ids if i not in keep_ids)
+        # Links first, allocations second: a netns seen here has its entry by then.
+        ids = self._netns_ids() | self._veth_ids()
+        entries = self._entries()
+        ids |= set(entries)
+        removed = sorted(
+            i for i in ids if i not in keep_ids and _owner(entries.get(i)) in (None, self.owner)
+        )
         for instance_id in removed:
             self.delete(instance_id)
         return removed
+
+    def owner_of(self, instance_id: str) -> str | None:
+        """The data dir of the control plane owning the instance, None if nobody does."""
+        return _owner(self._entries().get(instance_id))
 
     def _netns_ids(self) -> set[str]:
         try:
@@ -428,53 +482,31 @@ class HostNetwork:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise ProviderError(
-                "cannot lock the address allocation file", detail=f"{self._lock_file}: {exc}"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self._lock_file):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
-    def _read_allocations(self) -> dict[str, str]:
-        """instance id -> address. Read without the lock: the file is replaced atomically."""
-        try:
-            data = json.loads(self._alloc_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise ProviderError(
-                "cannot read the address allocation file", detail=f"{self._alloc_file}: {exc}"
-            ) from exc
-        allocs = data.get("allocations") if isinstance(data, dict) else None
+    def _entries(self) -> dict[str, dict[str, Any]]:
+        """instance id -> {"address", "owner"}. Read without the lock: the file is replaced
+        atomically."""
+        data = read_json(self._alloc_file)
+        allocs = data.get("allocations") or {}
         if not isinstance(allocs, dict):
             raise ProviderError(
                 "cannot read the address allocation file",
                 detail=f"{self._alloc_file}: no 'allocations' object",
             )
-        return {str(k): str(v) for k, v in allocs.items() if _INSTANCE_ID.fullmatch(str(k))}
+        return {
+            str(k): v
+            for k, v in allocs.items()
+            if _INSTANCE_ID.fullmatch(str(k)) and isinstance(v, dict)
+        }
 
-    def _write_allocations(self, allocs: dict[str, str]) -> None:
-        tmp = self._alloc_file.with_name(f".{self._alloc_file.name}.{os.getpid()}.tmp")
-        body = {"pool": str(self.pool), "allocations": dict(sorted(allocs.items()))}
-        try:
-            with open(tmp, "w") as f:
-                json.dump(body, f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._alloc_file)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise ProviderError(
-                "cannot write the address allocation file", detail=f"{self._alloc_file}: {exc}"
-            ) from exc
+    def _read_allocations(self) -> dict[str, str]:
+        """instance id -> address."""
+        return {k: str(v.get("address")) for k, v in self._entries().items()}
+
+    def _write_allocations(self, entries: dict[str, dict[str, Any]]) -> None:
+        write_json(self._alloc_file, {"pool": str(self.pool), "allocations": entries})
 
     def _parse_address(self, raw: object) -> IPv4Address | None:
         try:
@@ -484,23 +516,35 @@ class HostNetwork:
         return address if address in self.pool else None
 
     def _allocate_locked(self, instance_id: str) -> IPv4Address:
-        """Lowest free address after the gateway. Caller holds the lock."""
-        allocs = self._read_allocations()
-        allocs.pop(instance_id, None)  # a stale entry of this very id (its netns is gone)
+        """Lowest free address after the gateway, for this owner. Caller holds the lock."""
+        entries = self._entries()
+        entries.pop(instance_id, None)  # a stale entry of this very id (its netns is gone)
         used: set[IPv4Address] = set()
-        for other, raw in list(allocs.items()):
-            address = self._parse_address(raw)
+        for other, e in list(entries.items()):
+            address = self._parse_address(e.get("address"))
             if address is None or not self.netns_path(other).exists():
-                del allocs[other]  # stale: the address is reusable
+                del entries[other]  # stale: the address is reusable
             else:
+                used.add(address)
+        recorded = read_json(self._alloc_file).get("pool")
+        if entries and recorded and recorded != str(self.pool):
+            owners = sorted({str(e.get("owner")) for e in entries.values()})
+            raise ProviderError(
+                f"resource prefix {self.prefix} uses address pool {recorded} on this host "
+                f"(control planes of {', '.join(owners)}), not {self.pool}"
+            )
+        # A netns without an entry (made before allocations were host-wide) keeps its address.
+        for other in self._netns_ids() - set(entries) - {instance_id}:
+            address = self._address_from_netns(other)
+            if address is not None:
                 used.add(address)
         first = int(self.gateway) + 1
         last = int(self.pool.broadcast_address) - 1
         for n in range(first, last + 1):
             address = IPv4Address(n)
             if address not in used:
-                allocs[instance_id] = str(address)
-                self._write_allocations(allocs)
+                entries[instance_id] = {"address": str(address), "owner": self.owner}
+                self._write_allocations(entries)
                 return address
         raise ProviderError(
             f"address pool {self.pool} is exhausted",
@@ -509,6 +553,6 @@ class HostNetwork:
 
     def _release(self, instance_id: str) -> None:
         with self._locked():
-            allocs = self._read_allocations()
-            if allocs.pop(instance_id, None) is not None:
-                self._write_allocations(allocs)
+            entries = self._entries()
+            if entries.pop(instance_id, None) is not None:
+                self._write_allocations(entries)

@@ -23,6 +23,7 @@ from pathlib import Path
 from outgrow.agent.cgroups import detect
 from outgrow.agent.images import ImageCache
 from outgrow.agentapi.client import AgentClient
+from outgrow.cancel import Cancel, check, pause
 from outgrow.domain.images import ImageSpec
 from outgrow.domain.instance_types import GIB, Catalog, parse_catalog
 from outgrow.domain.security import PAGE_SERVER_PORTS, SecurityGroup
@@ -76,7 +77,12 @@ class LocalProvider(Provider):
         self.prefix = settings.resource_prefix
         self.root = settings.data_dir / "instances"
         self.jobs_dir = settings.data_dir / "jobs"
-        self.net = HostNetwork(settings.resource_prefix, settings.address_pool, settings.data_dir)
+        # Instances are owned by this data dir: another control plane on the same prefix
+        # (another data dir) shares the bridge and the address table, never the instances.
+        self.owner = str(settings.data_dir.resolve())
+        self.net = HostNetwork(
+            settings.resource_prefix, settings.address_pool, self.owner, settings.run_dir
+        )
         self.cgroups = detect()
         if catalog is None:
             catalog = load_catalog(settings.catalog_path)
@@ -103,10 +109,18 @@ class LocalProvider(Provider):
     def instance_types(self) -> Catalog:
         return self._catalog
 
-    def prepare_image(self, spec: ImageSpec, progress: Callable[[str], None] | None = None) -> None:
-        # Instances have no route out (no NAT by design), so images are built here, on the
-        # host, into the cache every agent of this host reads.
-        ImageCache(self.settings.image_cache_dir).ensure(spec, progress=progress)
+    def prepare_image(
+        self,
+        spec: ImageSpec,
+        progress: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> None:
+        # Instances have no route out (no NAT by design), so images are built (venv) or
+        # unpacked (OCI) here, on the host, into the cache every agent of this host reads.
+        if spec.oci is not None:
+            self.oci_cache().ensure_rootfs(spec.oci.digest, progress)
+            return
+        ImageCache(self.settings.image_cache_dir).ensure(spec, progress=progress, cancel=cancel)
 
     # ---- records --------------------------------------------------------------------
     def _dir(self, iid: str) -> Path:
@@ -161,6 +175,7 @@ class LocalProvider(Provider):
         spot: bool = False,
         tags: Mapping[str, str] | None = None,
         security_group: SecurityGroup | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceInfo:
         itype = self._catalog.get(type_name)
         if security_group is not None:
@@ -196,9 +211,9 @@ class LocalProvider(Provider):
             (d / "instance.json").write_text(json.dumps(rec))
             self._start_agent(iid, ns.path, str(ns.address))
             info = self._info(iid, rec, "running")
-            self._wait_agent(info)
+            self._wait_agent(info, cancel=cancel)
             return info
-        except BaseException as exc:
+        except BaseException as exc:  # incl. a cancel: nothing half-made stays
             log.error("creating instance %s failed: %s", iid, exc)
             self.delete_instance(iid)
             if isinstance(exc, OutgrowError):
@@ -284,11 +299,15 @@ class LocalProvider(Provider):
             )
         (d / "agent.pid").write_text(str(proc.pid))
 
-    def _wait_agent(self, info: InstanceInfo, timeout: float = 30.0) -> None:
+    def _wait_agent(
+        self, info: InstanceInfo, timeout: float = 30.0, cancel: Cancel | None = None
+    ) -> None:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
+        what = f"waiting for the agent of instance {info.id}"
         with AgentClient(info.agent_url, info.agent_token) as c:
             while time.monotonic() < deadline:
+                check(cancel, what)
                 try:
                     c.health(timeout=1.0)
                     return
@@ -296,7 +315,7 @@ class LocalProvider(Provider):
                     last = exc
                     if not self._agent_alive(info.id):
                         break
-                    time.sleep(0.05)
+                    pause(cancel, 0.05, what)
         tail = ""
         with contextlib.suppress(OSError):
             tail = (self._dir(info.id) / "agent.log").read_text()[-2000:]
@@ -323,14 +342,14 @@ class LocalProvider(Provider):
             return False
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
-    def restart_agent(self, iid: str) -> None:
+    def restart_agent(self, iid: str, cancel: Cancel | None = None) -> None:
         """Start the agent of an existing instance again (it re-adopts its job)."""
         rec = self._record(iid)
         if rec is None:
             raise ProviderError(f"no instance {iid}")
         if not self._agent_alive(iid):
             self._start_agent(iid, str(rec["netns"]), str(rec["address"]))
-        self._wait_agent(self._info(iid, rec, "running"))
+        self._wait_agent(self._info(iid, rec, "running"), cancel=cancel)
 
     def reclaim(self, instance_id: str, in_s: float) -> float:
         """Simulate a spot reclaim the way a cloud does it: notice to the instance's agent
@@ -425,11 +444,15 @@ class LocalProvider(Provider):
             super().delete_checkpoint(location)
 
     def cleanup(self, keep: Collection[str] = ()) -> list[str]:
+        """Remove this data dir's instances not in ``keep`` and leftovers nobody owns; never
+        another control plane's (same prefix, other data dir)."""
         removed = super().cleanup(keep)
         removed += [i for i in self.net.cleanup(keep=set(keep)) if i not in removed]
         for name in self.cgroups.list(f"{self.prefix}-"):
             iid = name[len(self.prefix) + 1 :]
-            if iid not in keep:
+            # Another owner's cgroup always has its address entry (made before, released
+            # after the cgroup), so an entry-less one is a leftover.
+            if iid not in keep and self.net.owner_of(iid) in (None, self.owner):
                 cg = self.cgroups.open(name)
                 if cg.frozen():
                     cg.thaw()
@@ -442,7 +465,8 @@ class LocalProvider(Provider):
         return removed
 
     def teardown(self) -> list[str]:
-        """Remove every instance and the host bridge (tests and `outgrow cleanup --all`)."""
+        """Remove every instance of this data dir and the host bridge unless another
+        control plane's instances use it (tests and `outgrow cleanup --all`)."""
         removed = self.cleanup()
         removed += self.job_storage.release_loops(keep=None)  # the jobs' directories too
         self.net.teardown()
@@ -454,6 +478,8 @@ def _kill_wait(pid: int, timeout: float = 5.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
+            if sig == signal.SIGTERM:  # a stopped agent handles its SIGTERM only once resumed
+                os.killpg(pid, signal.SIGCONT)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ export function submitCommand(spec, { scriptFile = null } = {}) {
   for (const [k, v] of Object.entries(spec.env || {})) args.push(["-e", `${k}=${v}`]);
   for (const p of spec.publish || []) args.push(["--publish", p]);
   for (const c of spec.allow_cidr || []) args.push(["--allow-cidr", c]);
+  if (spec.jupyter) args.push(["--jupyter", spec.jupyter]);
   if (spec.idle_timeout_s !== null && spec.idle_timeout_s !== undefined) {
     args.push(["--idle-timeout", fmtDurationSpec(spec.idle_timeout_s)]);
   }

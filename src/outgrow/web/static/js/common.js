@@ -72,11 +72,26 @@ export function defaultSpec(image) {
     publish: [],
     allow_cidr: [],
   };
-  if (JUPYTER_KINDS.has(image.kind)) {
+  const mode = ociJupyter(image);
+  if (mode) spec.jupyter = mode;
+  if (JUPYTER_KINDS.has(image.kind) || mode) {
     const port = image.default_port || 8888;
     spec.publish = [`${port}:${port}`];
   }
   return spec;
+}
+
+/** The Jupyter an OCI image can serve ("lab" first, else "server"), or null. */
+export function ociJupyter(image) {
+  if (image.format !== "oci") return null;
+  const modes = image.jupyter || [];
+  return modes.includes("lab") ? "lab" : modes.includes("server") ? "server" : null;
+}
+
+/** What a job on this image runs: the kind, or the OCI image's own Jupyter. */
+export function runKind(image) {
+  const mode = ociJupyter(image);
+  return mode ? `jupyter-${mode}` : image.kind;
 }
 
 export async function oneClickStart(image) {

@@ -5,13 +5,20 @@ import { h, replace } from "../dom.js";
 import { icon } from "../icons.js";
 import { markdown } from "../markdown.js";
 import { button, clearFieldErrors, confirm, dialog, errorBox, field, linkButton, showFieldError, skeleton, toast } from "../ui.js";
-import { defaultSpec, JUPYTER_KINDS, kindIcon, pageHeader, uniqueName } from "../common.js";
+import { defaultSpec, JUPYTER_KINDS, kindIcon, ociJupyter, pageHeader, runKind, uniqueName } from "../common.js";
+import { fmtBytes } from "../format.js";
 
 const KIND_TEXT = {
   "jupyter-lab": "JupyterLab in the browser",
   "jupyter-server": "Kernel gateway for your local JupyterLab",
   python: "Batch script",
 };
+
+/** "host:/var/cache/…" → "this host", "s3://…" → "S3" (the full paths are the title). */
+function cachedWhere(where) {
+  if (where.startsWith("host:")) return where.includes("not unpacked") ? "this host (packed)" : "this host";
+  return where.startsWith("s3://") ? "S3" : where;
+}
 
 export async function render(root, ctx) {
   document.title = "App Library · outgrow";
@@ -65,7 +72,20 @@ export async function render(root, ctx) {
     });
   }
 
+  function ociFacts(img) {
+    const conf = img.config || {};
+    const cmd = [...(conf.entrypoint || []), ...(conf.cmd || [])].join(" ");
+    return h(
+      "div",
+      { class: "chips", "aria-label": "Image" },
+      h("span", { class: "chip mono", title: img.oci.digest }, img.oci.digest.slice(0, 19)),
+      img.size_bytes != null ? h("span", { class: "chip" }, fmtBytes(img.size_bytes)) : null,
+      cmd ? h("span", { class: "chip mono", title: "Entrypoint + Cmd" }, cmd) : null,
+    );
+  }
+
   function pipList(img, max = 5) {
+    if (img.format === "oci") return ociFacts(img);
     const shown = img.pip.slice(0, max);
     return h(
       "div",
@@ -78,7 +98,7 @@ export async function render(root, ctx) {
   async function remove(img) {
     const ok = await confirm({
       title: `Remove image ${img.name}?`,
-      message: "Jobs already using it keep running; new jobs cannot use it.",
+      message: img.format === "oci" ? "Its cached copy is deleted too. Refused while a job that has not ended uses it." : "Jobs already using it keep running; new jobs cannot use it.",
       confirmLabel: "Remove",
       danger: true,
       ic: "trash",
@@ -92,23 +112,29 @@ export async function render(root, ctx) {
 
   function card(img) {
     const running = jobs.filter((j) => j.image === img.name && !["Completed", "Cancelled", "FailToComplete", "FailToExecute"].includes(j.status)).length;
-    const needsScript = img.kind === "python";
+    const oci = img.format === "oci";
+    const conf = img.config || {};
+    const hasCmd = (conf.entrypoint || []).length + (conf.cmd || []).length > 0;
+    // An OCI image starts its own Jupyter when it has one, else its Entrypoint/Cmd.
+    const needsScript = oci ? !ociJupyter(img) && !hasCmd : img.kind === "python";
+    const kind = runKind(img);
+    const kindText = oci ? `OCI image · ${ociJupyter(img) ? `its own Jupyter ${ociJupyter(img) === "lab" ? "Lab" : "Server"}` : "runs its command"}` : KIND_TEXT[img.kind] || img.kind;
     const startBtn = needsScript
       ? linkButton("Write script", `#/submit?image=${enc(img.name)}`, { kind: "primary", ic: "plus", attrs: { "data-action": "start" } })
       : button("Start", { kind: "primary", ic: "rocket", attrs: { "data-action": "start", "aria-label": `Start ${img.name}` } });
     if (!needsScript) startBtn.addEventListener("click", () => start(img, startBtn));
     return h(
       "article",
-      { class: ["lib-card card", `kind-${img.kind}`], "data-image": img.name },
+      { class: ["lib-card card", `kind-${kind}`], "data-image": img.name, "data-format": img.format || "venv" },
       h(
         "header",
         { class: "lib-head" },
-        h("div", { class: "lib-icon", "aria-hidden": "true" }, icon(kindIcon(img.kind), { size: 24 })),
+        h("div", { class: "lib-icon", "aria-hidden": "true" }, icon(oci && !ociJupyter(img) ? "box" : kindIcon(kind), { size: 24 })),
         h(
           "div",
           { class: "lib-title" },
           h("h2", img.name),
-          h("div", { class: "lib-kind" }, KIND_TEXT[img.kind] || img.kind, img.base ? h("span", { class: "muted" }, ` · from ${img.base}`) : null),
+          h("div", { class: "lib-kind" }, kindText, img.base ? h("span", { class: "muted" }, ` · from ${img.base}`) : null),
         ),
         img.builtin ? h("span", { class: "tag" }, "built-in") : h("span", { class: "tag tag-user" }, img.owner ? `by ${img.owner}` : "custom"),
       ),
@@ -118,7 +144,8 @@ export async function render(root, ctx) {
         "dl",
         { class: "lib-facts" },
         h("dt", "Defaults"),
-        h("dd", `1 vCPU · 1 GiB, grows on demand${JUPYTER_KINDS.has(img.kind) ? ` · port ${img.default_port || 8888}` : ""}`),
+        h("dd", `1 vCPU · 1 GiB, grows on demand${JUPYTER_KINDS.has(kind) ? ` · port ${img.default_port || 8888}` : ""}`),
+        oci && (img.cached || []).length ? [h("dt", "Cached"), h("dd", { title: img.cached.join("\n") }, img.cached.map(cachedWhere).join(", "))] : null,
         running ? [h("dt", "Running"), h("dd", `${running} job${running === 1 ? "" : "s"}`)] : null,
       ),
       h(
