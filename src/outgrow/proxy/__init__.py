@@ -1,5 +1,6 @@
 """The stable-URL proxy: ``http://<control plane>/jobs/<job-id>/…`` reaches the job's
-Jupyter server wherever the job runs now, and keeps browser WebSockets open across moves.
+Jupyter server wherever the job runs now, and keeps browser WebSockets open across moves;
+``/user/<name>/…`` does the same for JupyterHub's servers (see "JupyterHub servers").
 
 Each Jupyter job runs jupyter_server with ``base_url=/jobs/<job-id>/`` and a random token
 of its own on port 8888 of its instance address; a move changes that address. The proxy
@@ -43,6 +44,23 @@ Moves (the ``MoveHooks`` protocol; docs/design.md, "A move, step by step", steps
     releases the held requests. A job that is gone or failed gets its client WebSockets
     closed with 1011 and a reason; a Suspended job keeps them open (a message from the
     client resumes the job; a watcher re-attaches or closes them when its state changes).
+
+JupyterHub servers (``hub.py``; docs/jupyterhub.md)
+    With ``OUTGROW_JUPYTERHUB_USERS`` set, the proxy also serves ``OUTGROW_JUPYTERHUB_PATH``
+    (``/user/``): a request under a live hub job's prefix (``/user/<name>/``, the longest
+    prefix winning, so ``/user/<name>/<server>/`` too) goes to that job *passed through*:
+    no outgrow credentials asked, no Jupyter token injected, nothing masked; Host, Origin,
+    Cookie, Authorization and the query go upstream as sent, because the job's
+    ``jupyterhub-singleuser`` authenticates the request with the hub's OAuth (cookie or
+    hub token) and checks Origin against Host itself, exactly as behind the hub's
+    configurable-http-proxy alone. outgrow's own credentials (the ``outgrow_session``
+    cookie, an ``og_`` token in Authorization) are stripped, never handed to a user's
+    server. Only hub jobs are reachable that way: only accounts listed in
+    ``OUTGROW_JUPYTERHUB_USERS`` can create them, with a prefix under that path that no
+    other live job holds (controlplane/hub.py); any other path under it (an unknown or
+    ended prefix, a dot segment) is 404, and a hub job is not served under
+    ``/jobs/<id>/``. Holding, moves and resuming work as above (a request to a suspended
+    hub job resumes it on behalf of the job's owner, the hub's account).
 
 Known limits: jupyter_server buffers for the *last* session of a kernel only, so with
 several clients on one kernel only one gets the messages sent during the move; an answer
