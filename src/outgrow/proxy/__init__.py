@@ -23,8 +23,10 @@ HTTP (``http.py``, ``upstream.py``)
     ``/jobs/…`` to the proxy ahead of the API's routing.
 
 Holding (``core.py``)
-    While a job is Floating, Suspending, Suspended or Resuming (or between the two hooks
-    below), new requests and WebSocket handshakes wait on a per-job ``asyncio.Event`` for
+    While a job is Suspending, Suspended or Resuming, or between the two hooks below (a
+    Floating job's source serves on until its checkpoint begins: creating the target, which
+    takes seconds locally and minutes on a cloud, is no downtime), new requests and
+    WebSocket handshakes wait on a per-job ``asyncio.Event`` for
     up to ``OUTGROW_PROXY_HOLD_SECONDS`` (120), at most ``OUTGROW_PROXY_HOLD_MAX`` (256)
     per job (beyond: 503 + Retry-After), then go to wherever the job is. A request to a
     Suspended job resumes it (as the requesting user). States are re-read from the store

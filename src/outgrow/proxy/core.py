@@ -30,6 +30,7 @@ from outgrow.proxy.ws import WsBridge, open_upstream
 log = logging.getLogger("outgrow.proxy")
 
 HOLD_STATES = frozenset({S.FLOATING, S.SUSPENDING, S.SUSPENDED, S.RESUMING})
+SERVING_STATES = frozenset({S.EXECUTING, S.FLOATING})  # unless the move hooks hold it
 STARTING_STATES = frozenset({S.SUBMITTED, S.INITIALIZING, S.STARTING, S.NO_AVAILABLE_HOST})
 RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 HOOK_TIMEOUT_S = 5.0
@@ -258,7 +259,9 @@ class StableUrlProxy:
             while True:
                 changed = entry.changed
                 t = await self.target(actor, entry, hub)
-                if t.status == S.EXECUTING and t.address and not entry.holding:
+                # Floating before the checkpoint (the target is still being created): the
+                # source serves on; before_checkpoint starts the holding (`entry.holding`).
+                if t.status in SERVING_STATES and t.address and not entry.holding:
                     return t
                 if not (entry.holding or t.status in HOLD_STATES):
                     raise _not_running(entry.id, t.status)
