@@ -55,7 +55,8 @@ class StableUrlProxy:
         self.auth = Authenticator(plane)
         self.jobs: dict[str, JobEntry] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.hub = HubRoutes(plane) if plane.hub.enabled else None
+        path = plane.settings.jupyterhub_path
+        self.hub = HubRoutes(path, plane.hub.routes) if plane.hub.enabled else None
 
     # ---- ASGI -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

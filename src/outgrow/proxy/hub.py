@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import anyio.to_thread
 from starlette.types import Scope
 
-from outgrow.controlplane.service import ControlPlane
 from outgrow.domain.jobs import UserView
 from outgrow.proxy.errors import Headers
 from outgrow.proxy.request import Incoming, incoming
@@ -55,13 +55,17 @@ DROP = frozenset(
 )
 
 
-class HubRoutes:
-    """Which prefix is which job: the control plane's table, cached briefly."""
+Routes = dict[str, tuple[str, UserView]]  # prefix → (job id, the job's owner)
 
-    def __init__(self, plane: ControlPlane):
-        self.plane = plane
-        self.path = plane.settings.jupyterhub_path
-        self.table: dict[str, tuple[str, UserView]] = {}
+
+class HubRoutes:
+    """Which prefix is which job: ``load()``'s table (the control plane's
+    ``hub.routes``, read in a thread), cached briefly."""
+
+    def __init__(self, path: str, load: Callable[[], Routes]):
+        self.path = path
+        self.load = load
+        self.table: Routes = {}
         self.at = 0.0
 
     def serves(self, path: str) -> bool:
@@ -79,7 +83,7 @@ class HubRoutes:
         return found
 
     async def _load(self) -> None:
-        self.table = await anyio.to_thread.run_sync(self.plane.hub.routes)
+        self.table = await anyio.to_thread.run_sync(self.load)
         self.at = time.monotonic()
 
     def _match(self, raw_path: str) -> tuple[str, str, UserView] | None:
