@@ -217,7 +217,7 @@ def poll_server(user: HubUser, url: str, stop: threading.Event, out: list[Poll])
             except httpx.HTTPError:
                 status = 0
             out.append(Poll(t0, time.monotonic(), status, wall))
-            stop.wait(0.05)
+            stop.wait(0.05)  # the sleep is what is tested: a browser's 50 ms cadence
 
 
 def test_the_server_moves_and_the_notebook_goes_on(stack: HubStack, alice: Alice) -> None:
