@@ -55,8 +55,9 @@ class StableUrlProxy:
         self.auth = Authenticator(plane)
         self.jobs: dict[str, JobEntry] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        path = plane.settings.jupyterhub_path
-        self.hub = HubRoutes(path, plane.hub.routes) if plane.hub.enabled else None
+        self.hub: HubRoutes | None = None  # JupyterHub servers, when enabled (hub.py)
+        if plane.hub.enabled:
+            self.hub = HubRoutes(plane.settings.jupyterhub_path, plane.hub.routes)
 
     # ---- ASGI -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
