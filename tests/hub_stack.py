@@ -66,6 +66,7 @@ c.OutgrowSpawner.profile_list = [
     {{"display_name": "Sleepy (up to 3 GiB, suspended after 10 s idle)", "slug": "sleepy",
       "spawner_override": {{"mem_limit": "3G", "idle_timeout": 10}}}},
 ]
+c.JupyterHub.allow_named_servers = True
 # The hub asks every 2 s (not 30) whether servers run: the tests watch it say so.
 c.OutgrowSpawner.poll_interval = 2
 """

@@ -27,7 +27,7 @@ import pytest
 
 from hub_stack import HUB_ACCOUNT, PASSWORD, HubStack, hub_stack, sse_events
 from jupyter_ws import KernelSession, create_kernel
-from outgrow.client import Client
+from outgrow.client import APINotFoundError, Client
 from waiting import holds_for, wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -55,6 +55,11 @@ class HubUser:
     def prefix(self) -> str:
         return f"/user/{self.name}/"
 
+    def server_path(self, server: str = "") -> str:
+        return (
+            f"/users/{self.name}/server" if not server else f"/users/{self.name}/servers/{server}"
+        )
+
     def xsrf(self, path: str) -> str:
         for c in self.http.cookies.jar:
             if c.name == "_xsrf" and c.path.rstrip("/") == path.rstrip("/"):
@@ -78,13 +83,15 @@ class HubUser:
         headers = {"X-XSRFToken": self.xsrf("/hub/")}
         return self.http.request(method, "/hub/api" + path, headers=headers, **kw)
 
-    def start_server(self, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Start the server and follow the spawn's progress events to the end."""
-        r = self.hub_api("POST", f"/users/{self.name}/server", json=options or {})
+    def start_server(
+        self, options: dict[str, Any] | None = None, server: str = ""
+    ) -> list[dict[str, Any]]:
+        """Start the (default or named) server and follow its progress events to the end."""
+        r = self.hub_api("POST", self.server_path(server), json=options or {})
         assert r.status_code in (201, 202), r.text
         events: list[dict[str, Any]] = []
         headers = {"X-XSRFToken": self.xsrf("/hub/"), "Accept": "text/event-stream"}
-        url = f"/hub/api/users/{self.name}/server/progress"
+        url = f"/hub/api{self.server_path(server)}/progress"
         with self.http.stream("GET", url, headers=headers, timeout=900) as stream:
             for ev in sse_events(stream):
                 events.append(ev)
@@ -93,10 +100,11 @@ class HubUser:
         assert events and events[-1].get("ready"), events
         return events
 
-    def open(self) -> httpx.Response:
+    def open(self, server: str = "") -> httpx.Response:
         """The server's page: the hub's OAuth on the first visit (cookies follow)."""
-        r = self.http.get(self.prefix + "lab")
-        assert r.status_code == 200 and str(r.url).endswith(self.prefix + "lab"), r.url
+        page = self.prefix + (f"{server}/" if server else "") + "lab"
+        r = self.http.get(page)
+        assert r.status_code == 200 and str(r.url).endswith(page), r.url
         return r
 
     def kernel(self) -> KernelSession:
@@ -322,6 +330,24 @@ def test_stopping_the_server_ends_the_job(stack: HubStack, alice: Alice) -> None
     assert HUB_ACCOUNT  # the jobs were the hub account's all along
 
 
+def test_starting_again_makes_a_new_job_under_the_same_name(stack: HubStack, alice: Alice) -> None:
+    with Client(stack.outgrow_url, stack.hub_token) as og:
+        old = og.job(alice.job_id)
+        alice.user.start_server()
+        live = [j for j in og.jobs() if j.status not in ENDED]
+        assert len(live) == 1 and live[0].name == old.name and live[0].id != old.id
+        with pytest.raises(APINotFoundError):
+            og.job(old.id)  # the ended one was deleted to free its name
+        alice.kernel = None  # that kernel is gone with its server
+        assert alice.user.hub_api("DELETE", "/users/alice/server").status_code in (202, 204)
+        wait_for_value(
+            lambda: og.job(live[0].id).status,
+            lambda s: s in ENDED,
+            timeout=120,
+            what="alice's second job to end",
+        )
+
+
 def hub_says_ready(stack: HubStack, name: str) -> bool:
     with stack.hub_api() as api:
         server = api.get(f"/users/{name}").json()["servers"].get("", {})
@@ -356,6 +382,30 @@ def test_an_idle_server_is_suspended_and_its_url_resumes_it(stack: HubStack) -> 
         assert og.job(job["id"]).status == "Executing"
     print(f"a request through the hub URL resumed the suspended server in {resumed_in:.2f} s")
     assert dave.hub_api("DELETE", "/users/dave/server").status_code in (202, 204)
+
+
+def test_named_servers_have_their_own_jobs_and_routes(stack: HubStack) -> None:
+    """/user/dave/ and /user/dave/gpu/ at once: two jobs, each prefix to its own."""
+    dave = HubUser(stack, "dave")
+    dave.login()
+    dave.start_server()
+    dave.start_server({"profile": "small"}, server="gpu")
+    live = {
+        j["spec"]["hub_prefix"]: j
+        for j in hub_jobs(stack)
+        if j["status"] not in ENDED and j["spec"]["hub_prefix"].startswith("/user/dave/")
+    }
+    assert set(live) == {"/user/dave/", "/user/dave/gpu/"}, live
+    assert live["/user/dave/gpu/"]["name"].startswith("hub-dave-gpu-")
+    assert live["/user/dave/"]["name"] != live["/user/dave/gpu/"]["name"]
+    dave.open()
+    dave.open("gpu")
+    kid = create_kernel(stack.hub_url + "/user/dave/gpu/", dave.xsrf("/user/dave/gpu/"), dave.http)
+    on_gpu = dave.http.get("/user/dave/gpu/api/kernels").json()
+    on_default = dave.http.get("/user/dave/api/kernels").json()
+    assert kid in [k["id"] for k in on_gpu] and kid not in [k["id"] for k in on_default]
+    for server in ("", "gpu"):
+        assert dave.hub_api("DELETE", dave.server_path(server)).status_code in (202, 204)
 
 
 CHROMIUM = Path("/usr/bin/chromium")
