@@ -67,6 +67,8 @@ c.OutgrowSpawner.profile_list = [
       "spawner_override": {{"mem_limit": "3G", "idle_timeout": 10}}}},
 ]
 c.JupyterHub.allow_named_servers = True
+# POST .../server answers at once (202), so the tests can follow every progress event.
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 # The hub asks every 2 s (not 30) whether servers run: the tests watch it say so.
 c.OutgrowSpawner.poll_interval = 2
 """

@@ -180,6 +180,9 @@ def test_login_and_spawn_with_progress(stack: HubStack, alice: Alice) -> None:
     assert job["spec"]["mem"] == "1:2" and job["spec"]["cpu"] == "1:2"
     assert job["spec"]["env"]["JUPYTERHUB_API_TOKEN"] == "***"  # never shown
     assert job["url"] is None  # reached through the hub only
+    # its security group lets outgrow's proxy (the bridge address) in, as for any job
+    proxy_in = [r for r in job["security_group"] if "stable-URL proxy" in r["why"]]
+    assert proxy_in and proxy_in[0]["from"] == f"{stack.gateway}/32", job["security_group"]
     # the job's own stable URL is not a way around the hub's auth
     with stack.outgrow_api(stack.hub_token) as hub:
         r = hub.get(f"{stack.outgrow_url}/jobs/{alice.job_id}/api/status")

@@ -46,6 +46,7 @@ from outgrow.jupyterhub import options as opt
 T = TypeVar("T")
 HUB_IMAGE = "jupyterhub-singleuser"
 WAIT_EVERY_S = 0.5
+PROGRESS_EVERY_S = 0.25  # the hub stops asking for progress the moment start() returns
 STOP_TIMEOUT_S = 300.0
 
 
@@ -309,7 +310,7 @@ class OutgrowSpawner(Spawner):  # type: ignore[misc]  # JupyterHub ships no type
                 yield event
                 if ev.type == "state" and (ev.to_state == "Executing" or ev.to_state in opt.ENDED):
                     return
-            await asyncio.sleep(WAIT_EVERY_S)
+            await asyncio.sleep(PROGRESS_EVERY_S)
 
     async def delete_forever(self) -> None:
         """The hub deletes the user or the server: its (ended) job record goes too."""
