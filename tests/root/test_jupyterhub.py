@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hub_stack import HUB_ACCOUNT, PASSWORD, HubStack, hub_stack, sse_events
+from hub_stack import CHP, HUB_ACCOUNT, PASSWORD, HubStack, hub_stack, sse_events
 from jupyter_ws import KernelSession, create_kernel
 from outgrow.client import APINotFoundError, Client
 from waiting import holds_for, wait_for_value, wait_until
@@ -39,6 +39,8 @@ ENDED = {"Completed", "Cancelled", "FailToComplete", "FailToExecute"}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStack]:
+    if not CHP.exists():
+        pytest.skip(f"{CHP} is not installed: run `make setup` (scripts/install-chp.sh)")
     with hub_stack(tmp_path_factory.mktemp("hub")) as s:
         yield s
 
