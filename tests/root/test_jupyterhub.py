@@ -393,7 +393,7 @@ def test_named_servers_have_their_own_jobs_and_routes(stack: HubStack) -> None:
     """/user/dave/ and /user/dave/gpu/ at once: two jobs, each prefix to its own."""
     dave = HubUser(stack, "dave")
     dave.login()
-    dave.start_server()
+    dave.start_server({"profile": "small"})  # the same spawner as "sleepy" above
     dave.start_server({"profile": "small"}, server="gpu")
     live = {
         j["spec"]["hub_prefix"]: j
@@ -403,6 +403,9 @@ def test_named_servers_have_their_own_jobs_and_routes(stack: HubStack) -> None:
     assert set(live) == {"/user/dave/", "/user/dave/gpu/"}, live
     assert live["/user/dave/gpu/"]["name"].startswith("hub-dave-gpu-")
     assert live["/user/dave/"]["name"] != live["/user/dave/gpu/"]["name"]
+    # the "sleepy" profile of the previous start did not stick to the spawner
+    assert live["/user/dave/"]["spec"]["mem"] == "1:2"
+    assert live["/user/dave/"]["spec"]["idle_timeout_s"] == 7200  # outgrow's default
     dave.open()
     dave.open("gpu")
     kid = create_kernel(stack.hub_url + "/user/dave/gpu/", dave.xsrf("/user/dave/gpu/"), dave.http)

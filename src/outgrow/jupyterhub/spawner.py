@@ -151,6 +151,7 @@ class OutgrowSpawner(Spawner):  # type: ignore[misc]  # JupyterHub ships no type
     job_id = ""
     job_name = ""
     _profile_applied = False
+    _before_profile: dict[str, Any] | None = None  # what the last profile overrode
 
     # ---- state ------------------------------------------------------------------------
     def load_state(self, state: dict[str, Any]) -> None:
@@ -197,12 +198,17 @@ class OutgrowSpawner(Spawner):  # type: ignore[misc]  # JupyterHub ships no type
             chosen = opt.choose(opt.profiles(raw or []), user_options or {})
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from exc
+        # The previous start's profile is undone first: its settings do not stick.
+        for key, value in (self._before_profile or {}).items():
+            setattr(self, key, value)
+        self._before_profile = {}
         if chosen is not None:
             self.log.info("%s: profile %s", self._log_name, chosen.slug)
             for key, value in chosen.overrides.items():
                 if not self.has_trait(key):
                     raise web.HTTPError(500, f"profile {chosen.slug}: no setting {key!r}")
                 current = getattr(self, key)
+                self._before_profile[key] = current
                 if isinstance(value, dict) and isinstance(current, dict):
                     setattr(self, key, {**current, **value})
                 else:
@@ -248,6 +254,7 @@ class OutgrowSpawner(Spawner):  # type: ignore[misc]  # JupyterHub ships no type
 
     # ---- the Spawner contract ---------------------------------------------------------
     async def start(self) -> str:
+        self.job_id = ""  # progress() waits for this start's job
         await self.apply_profile(self.user_options)
         self.job_name = opt.job_name(self.user.name, self.name)
         await self._retire(self.job_name)
