@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from outgrow.domain.images import DEFAULT_JUPYTER_PORT, JUPYTER_KINDS, ImageKind
+from outgrow.domain.images import DEFAULT_JUPYTER_PORT, HUB_KIND, JUPYTER_KINDS, ImageKind
 from outgrow.errors import RuntimeFailure, ValidationError
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -129,6 +129,8 @@ class JobLaunch:
 def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
     """The job's main command (run by the init shell, not exec'd, so the exit code is kept)."""
     bin_dir = Path(launch.python_bin_dir)
+    if launch.kind == HUB_KIND:
+        return hub_singleuser_command(launch, dirs)
     if launch.is_jupyter:
         app = "lab" if launch.kind == "jupyter-lab" else "server"
         return [
@@ -151,6 +153,24 @@ def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
     if launch.script.startswith("#!"):
         return [str(dirs.user_script)]
     return [str(bin_dir / "python"), "-u", str(dirs.user_script)]
+
+
+def hub_singleuser_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
+    """A JupyterHub user's server: ``jupyterhub-singleuser`` takes the hub's OAuth settings,
+    its API token and its prefix from the JUPYTERHUB_* environment the spawner put in the
+    job's env (docs/jupyterhub.md); the options here win over that environment. It
+    authenticates with the hub, so no Jupyter token is set on the command line."""
+    return [
+        str(Path(launch.python_bin_dir) / "jupyterhub-singleuser"),
+        "--ip=0.0.0.0",
+        f"--port={launch.port}",
+        "--ServerApp.allow_root=True",
+        f"--ServerApp.base_url={launch.base_url}",
+        f"--ServerApp.root_dir={dirs.workspace}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.terminals_enabled=False",  # as above: a pty cannot move
+        "--NotebookNotary.db_file=:memory:",
+    ]
 
 
 def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
