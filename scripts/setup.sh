@@ -30,6 +30,8 @@ if [ -n "$missing" ]; then
 fi
 
 bash src/outgrow/data/install-criu.sh
+# configurable-http-proxy for the JupyterHub tests (tests/root/test_jupyterhub.py).
+bash scripts/install-chp.sh
 
 # The virtualenv, rebuilt only when the dependency spec changes.
 PY=${PYTHON:-python3}

@@ -13,7 +13,15 @@ import httpx
 from websockets.sync.client import ClientConnection, connect
 
 
-def create_kernel(base: str, token: str) -> str:
+def create_kernel(base: str, token: str, client: httpx.Client | None = None) -> str:
+    """A new kernel; with ``client`` (e.g. a browser-like client holding cookies) its
+    own credentials are used and ``token`` is the XSRF token to send."""
+    if client is not None:
+        r = client.post(
+            f"{base}api/kernels", headers={"X-XSRFToken": token}, json={"name": "python3"}
+        )
+        r.raise_for_status()
+        return str(r.json()["id"])
     r = httpx.post(
         f"{base}api/kernels",
         headers={"Authorization": f"token {token}"},
@@ -43,8 +51,18 @@ class KernelSession:
     """One client session on one kernel; ``session_id`` survives reconnects, so the server
     replays what it buffered while we were away."""
 
-    def __init__(self, base: str, token: str, kernel_id: str, session_id: str | None = None):
+    def __init__(
+        self,
+        base: str,
+        token: str,
+        kernel_id: str,
+        session_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        """``headers`` replace the token's Authorization header (e.g. a browser's Cookie
+        and Origin)."""
         self.token = token
+        self.headers = headers or {"Authorization": f"token {token}"}
         self.kernel_id = kernel_id
         self.session_id = session_id or uuid.uuid4().hex
         self.ws: ClientConnection | None = None
@@ -57,7 +75,7 @@ class KernelSession:
         # Entered as a context manager (closed in close()), as websockets 17 expects.
         self.ws = connect(
             url,
-            additional_headers={"Authorization": f"token {self.token}"},
+            additional_headers=self.headers,
             max_size=None,
             open_timeout=30,
         ).__enter__()

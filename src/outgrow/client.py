@@ -398,6 +398,10 @@ class Client:
     def restart(self, ref: str) -> JobView:
         return self._action(ref, "restart")
 
+    def delete(self, ref: str) -> None:
+        """Hide a job that has ended (APIConflictError otherwise); its name is free again."""
+        self._json("DELETE", self._job(ref))
+
     def logs(self, ref: str, stream: str = "stdout", offset: int = 0) -> dict[str, Any]:
         """``{"data", "offset", "size"}``: at most 256 KiB from ``offset``; ask again from
         the returned ``offset`` while it is below ``size``."""

@@ -10,6 +10,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outgrow.domain.jobs import check_url_prefix
+
+# First path segments the control plane's own server uses (API, stable URLs, console).
+RESERVED_PATHS = frozenset({"api", "jobs", "metrics", "static", ""})
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OUTGROW_", extra="ignore")
@@ -127,6 +132,32 @@ class Settings(BaseSettings):
         description="Size of each job's volume in local 'volume' job storage (a sparse "
         "image file: only what is written takes space).",
     )
+
+    jupyterhub_users: str = Field(
+        "",
+        description="Comma-separated outgrow user names (a JupyterHub's service account) "
+        "allowed to create JupyterHub single-user servers: jobs of the "
+        "jupyterhub-singleuser kind served under a hub prefix with the hub's own auth "
+        "(docs/jupyterhub.md). Empty: nobody, and no hub path is served.",
+    )
+    jupyterhub_path: str = Field(
+        "/user/",
+        description="Where the hub's user servers live (c.JupyterHub.base_url + 'user/'): "
+        "a hub job's prefix is this plus its user (and server) name, and the stable-URL "
+        "proxy passes requests under it to those jobs only.",
+    )
+
+    @property
+    def hub_users(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.jupyterhub_users.split(",") if u.strip())
+
+    @field_validator("jupyterhub_path")
+    @classmethod
+    def _hub_path(cls, v: str) -> str:
+        check_url_prefix(v)
+        if v.split("/")[1] in RESERVED_PATHS:
+            raise ValueError(f"must not be under outgrow's own /{v.split('/')[1]}/")
+        return v
 
     @field_validator("resource_prefix")
     @classmethod

@@ -333,6 +333,7 @@ class _FakePlane:
         self.settings = type("S", (), {"proxy_hold_seconds": 30.0, "proxy_hold_max": hold_max})
         self.user = UserView(id=1, name="u", is_admin=False, created_at=datetime.now(UTC))
         self.accounts = self  # authenticate() is an account's question
+        self.hub = type("H", (), {"enabled": False})  # no JupyterHub servers
         self.port = port
 
     def authenticate(self, token: str) -> UserView:

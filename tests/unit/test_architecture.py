@@ -7,6 +7,7 @@ reader. Who may call whom (docs/control-plane.md, "Who calls whom"):
     cli ─┬─► client (SDK) ──────────────► the REST API over HTTP
          └─► server ─► api, proxy, web ─► controlplane ─► store, providers, orchestrator
                                                         └► agentapi ─► (HTTP) ─► agent
+    jupyterhub (the hub's spawner) ─► client (SDK) only
     domain: pure; agentapi: models + client; transfer: object storage (agent, aws provider)
 """
 
@@ -163,6 +164,11 @@ FORBIDDEN = {
     "store": {"layers": {"controlplane", "providers", "agent", "agentapi", "api", "proxy"}},
     "api": {"layers": {"agent", "providers", "store", "proxy", "web", "server"}},
     "proxy": {"layers": {"api", "web", "server", "agent", "providers", "store"}},
+    # JupyterHub's spawner: a client of the SDK (and the domain's models), nothing more
+    "jupyterhub": {
+        "layers": {"agent", "agentapi", "api", "cli", "controlplane", "orchestrator"}
+        | {"providers", "proxy", "server", "store", "transfer", "web"},
+    },
 }
 
 
@@ -179,6 +185,15 @@ def test_layer_contracts(layer: str) -> None:
         for ext in EXTERNAL[mod] & rules.get("external", set()):
             bad.append(f"{mod} imports {ext}")
     assert bad == []
+
+
+def test_nothing_of_outgrow_imports_the_jupyterhub_spawner() -> None:
+    """JupyterHub loads the spawner (an entry point); outgrow never needs JupyterHub."""
+    users = {m for m, deps in GRAPH.items() if _layer(m) != "jupyterhub"}
+    assert {m for m in users if any(_layer(d) == "jupyterhub" for d in GRAPH[m])} == set()
+    assert {m for m, ext in EXTERNAL.items() if "jupyterhub" in ext} <= {
+        m for m in MODULES if _layer(m) == "jupyterhub"
+    }
 
 
 def test_only_the_boto_module_imports_boto3() -> None:

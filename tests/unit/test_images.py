@@ -118,7 +118,12 @@ def test_derive_from_text_and_overrides() -> None:
 
 
 def test_builtin_images() -> None:
-    assert set(BUILTIN_IMAGES) == {"jupyter-lab", "jupyter-server", "python"}
+    assert set(BUILTIN_IMAGES) == {
+        "jupyter-lab",
+        "jupyter-server",
+        "python",
+        "jupyterhub-singleuser",
+    }
     lab, server, py = (BUILTIN_IMAGES[k] for k in ("jupyter-lab", "jupyter-server", "python"))
     assert (lab.kind, server.kind, py.kind) == ("jupyter-lab", "jupyter-server", "python")
     assert (lab.default_port, server.default_port, py.default_port) == (8888, 8888, None)
@@ -132,7 +137,12 @@ def test_builtin_images() -> None:
     assert "--gateway-url=" in server.docs and "GatewayClient.auth_token" in server.docs
     assert "token" in lab.docs and "workspace" in lab.docs and "--base" in lab.docs
     assert "stdout" in py.docs
-    assert len({s.content_hash() for s in BUILTIN_IMAGES.values()}) == 3
+    hub = BUILTIN_IMAGES["jupyterhub-singleuser"]
+    assert (hub.kind, hub.default_port, hub.is_jupyter) == ("jupyterhub-singleuser", 8888, True)
+    # pinned to the JupyterHub the spawner is tested with (the `hub` extra)
+    assert {"jupyterhub==6.1.1", "jupyterlab==4.6.6", "jupyter_server==2.21.1"} <= set(hub.pip)
+    assert "docs/jupyterhub.md" in hub.docs
+    assert len({s.content_hash() for s in BUILTIN_IMAGES.values()}) == 4
 
 
 # -- parse_pip_spec ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from outgrow.agent.sandbox import (
     Bind,
     Sandbox,
 )
-from outgrow.domain.images import DEFAULT_JUPYTER_PORT, JUPYTER_KINDS, ImageKind
+from outgrow.domain.images import DEFAULT_JUPYTER_PORT, HUB_KIND, JUPYTER_KINDS, ImageKind
 from outgrow.errors import RuntimeFailure, ValidationError
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -176,6 +176,8 @@ def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
     """The job's main command (run by the init shell, not exec'd, so the exit code is kept);
     ``dirs`` as the job sees them."""
     bin_dir = Path(launch.python_bin_dir)
+    if launch.kind == HUB_KIND:
+        return hub_singleuser_command(launch, dirs)
     if launch.is_jupyter:
         app = "lab" if launch.kind == "jupyter-lab" else "server"
         return [
@@ -197,6 +199,23 @@ def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
     if launch.script.startswith("#!"):
         return [str(dirs.user_script)]
     return [str(bin_dir / "python"), "-u", str(dirs.user_script)]
+
+
+def hub_singleuser_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
+    """A JupyterHub user's server: ``jupyterhub-singleuser`` takes the hub's OAuth settings,
+    its API token and its prefix from the JUPYTERHUB_* environment the spawner put in the
+    job's env (docs/jupyterhub.md); the options here win over that environment. It
+    authenticates with the hub, so no Jupyter token is set on the command line."""
+    return [
+        str(Path(launch.python_bin_dir) / "jupyterhub-singleuser"),
+        "--ip=0.0.0.0",
+        f"--port={launch.port}",
+        f"--ServerApp.base_url={launch.base_url}",
+        f"--ServerApp.root_dir={WORKSPACE}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.terminals_enabled=True",  # as above: the job's own ptys move
+        "--NotebookNotary.db_file=:memory:",
+    ]
 
 
 def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:

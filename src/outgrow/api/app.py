@@ -177,6 +177,12 @@ def create_api(plane: ControlPlane) -> FastAPI:
     def modify(ref: JobRef, body: ModifyBody, user: User, cp: Plane) -> JobView:
         return cp.modify(user, ref, body.migrate_policy, body.vm_policy, body.idle_timeout_s)
 
+    @api.delete("/jobs/{ref}", status_code=204)
+    def delete_job(ref: JobRef, user: User, cp: Plane) -> Response:
+        """Hide a job that has ended (409 otherwise); its name can be used again."""
+        cp.delete(user, ref)
+        return Response(status_code=204)
+
     @api.post("/jobs/{ref}/migrate", status_code=202)
     def migrate(ref: JobRef, body: MigrateBody, user: User, cp: Plane) -> JobView:
         return cp.migrate(user, ref, body.instance_type, body.cpu, body.mem)

@@ -29,6 +29,7 @@ from outgrow.agentapi.models import (
     RestoreRequest,
     StartJob,
 )
+from outgrow.controlplane.hub import job_base_url
 from outgrow.controlplane.images import Images
 from outgrow.controlplane.instances import Instances, now
 from outgrow.controlplane.jobdirs import JobDirs
@@ -50,6 +51,7 @@ from outgrow.store import JobRecord, Store
 
 log = logging.getLogger("outgrow.controlplane")
 
+IMAGE_EVENT_EVERY_S = 3.0
 MIGRATION_TIMINGS = (
     "freeze_s",
     "dump_s",
@@ -75,7 +77,7 @@ def start_request(job: JobRecord, image: ImageSpec, archive_url: str | None = No
         env=job.spec.env,
         port=image.port or DEFAULT_JUPYTER_PORT,
         jupyter_token=job.jupyter_token if image.is_jupyter else "",
-        base_url=f"/jobs/{job.id}/",
+        base_url=job_base_url(job),
         evade_oom=job.spec.migrate().evade_oom,
     )
 
@@ -142,6 +144,19 @@ class JobActions:
         except OutgrowError as exc:
             log.error("deleting checkpoint %s: %s", location, exc)
 
+    def _image_events(self, job_id: str, name: str) -> Callable[[str], None]:
+        """An image build's progress as "info" events (what a JupyterHub spawn page shows),
+        at most one every IMAGE_EVENT_EVERY_S seconds: the latest line."""
+        last = [0.0]
+
+        def say(line: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= IMAGE_EVENT_EVERY_S:
+                last[0] = now
+                self.store.add_event(job_id, "info", f"image {name}: {line[:200]}")
+
+        return say
+
     # ---- start ------------------------------------------------------------------------
     def start(self, job_id: str) -> None:
         try:
@@ -158,7 +173,9 @@ class JobActions:
             image = self.images.for_job(job.spec)
             itype = self.instances.initial_type(job)
             self.store.add_event(job_id, "info", f"preparing image {image.name}")
-            self.provider.prepare_image(image, cancel=cancel)
+            self.provider.prepare_image(
+                image, self._image_events(job_id, image.name), cancel=cancel
+            )
             self.images.check_job(job.spec)  # an OCI rootfs unpacked just now
             url = self.provider.image_archive_url(image.oci.digest) if image.oci else None
             inst = self.instances.create(job, itype, cancel=cancel)

@@ -14,6 +14,7 @@ from datetime import datetime
 import httpx
 
 from outgrow.agentapi.models import MetricsSample
+from outgrow.controlplane.hub import job_base_url
 from outgrow.controlplane.images import Images
 from outgrow.controlplane.instances import Instances
 from outgrow.controlplane.jobs import JobActions
@@ -271,7 +272,7 @@ class Scheduler(threading.Thread):
             port = self.images.for_job(rec.spec).port or DEFAULT_JUPYTER_PORT
         except NotFoundError:
             port = DEFAULT_JUPYTER_PORT
-        base = f"http://{inst.address}:{port}/jobs/{rec.id}/api/"
+        base = f"http://{inst.address}:{port}{job_base_url(rec)}api/"
         headers = {"Authorization": f"token {rec.jupyter_token}"}
         try:
             status = httpx.get(base + "status", headers=headers, timeout=3).json()

@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 from outgrow.controlplane.accounts import Accounts
+from outgrow.controlplane.hub import HubJobs
 from outgrow.controlplane.images import Images
 from outgrow.controlplane.instances import Instances
 from outgrow.controlplane.jobdirs import JobDirs
@@ -74,6 +75,7 @@ class ControlPlane:
         self.stopping = threading.Event()
         self.accounts = Accounts(store)
         self.images = Images(store, provider)
+        self.hub = HubJobs(store, settings, self.images)
         self.lifecycle = Lifecycle(store)
         self.instances = Instances(store, provider, self.images, self.stopping)
         self.catalog = self.instances.catalog
@@ -118,6 +120,10 @@ class ControlPlane:
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
+        if self.hub.enabled:
+            # The hub's API listens where instances reach this host: that address must
+            # exist before the first instance does (docs/jupyterhub.md).
+            self.provider.ensure_network()
         self.reconciler.run()
         self.scheduler.start()
 
@@ -153,6 +159,11 @@ class ControlPlane:
         image = self.views.image_of(rec)
         if rec.id != job_id or image is None:  # the stable URL takes ids only
             raise NotFoundError(f"no job {job_id!r}", field="job")
+        if rec.spec.hub_prefix is not None:  # the hub's auth guards it, not outgrow's
+            raise NotFoundError(
+                f"job {rec.name} is a JupyterHub server: it is served at {rec.spec.hub_prefix}",
+                field="job",
+            )
         if not image.is_jupyter or image.port is None:
             raise NotFoundError(f"job {rec.name} has no Jupyter server", field="job")
         insts = self.store.instances(rec.id) if rec.current_instance_id else []
@@ -202,7 +213,8 @@ class ControlPlane:
             raise ValidationError("a python job needs a job script", field="script")
         if spec.idle_timeout_s is None and image.is_jupyter:
             spec = spec.model_copy(update={"idle_timeout_s": JUPYTER_IDLE_DEFAULT_S})
-        job_id = self.store.create_job(actor.id, spec, secrets.token_hex(24))
+        with self.hub.creating(actor, spec, image) as hub_token:
+            job_id = self.store.create_job(actor.id, spec, hub_token or secrets.token_hex(24))
         self.workers.run(job_id, self.actions.start)
         return self.view(job_id)
 
@@ -211,7 +223,10 @@ class ControlPlane:
         return self.submit(actor, spec_from_mapping({**t.spec.model_dump(), **overrides}))
 
     def save_template(self, actor: UserView, ref: str, name: str) -> TemplateView:
-        return self.accounts.save_template(actor, name, self._find(actor, ref).spec)
+        rec = self._find(actor, ref)
+        if rec.spec.hub_prefix is not None:  # its env holds the hub's token for the server
+            raise ConflictError(f"job {rec.name} is a JupyterHub server: no templates of it")
+        return self.accounts.save_template(actor, name, rec.spec)
 
     def migrate(
         self,
@@ -318,9 +333,18 @@ class ControlPlane:
     def restart(self, actor: UserView, ref: str) -> JobView:
         rec = self._find(actor, ref)
         check_restart(rec.status)
+        if rec.spec.hub_prefix is not None:
+            raise ConflictError(
+                f"job {rec.name} is a JupyterHub server: start it again from the hub"
+            )
         self.store.restart_job(rec.id)
         self.workers.run(rec.id, self.actions.start)
         return self.view(rec.id)
+
+    def delete(self, actor: UserView, ref: str) -> None:
+        """Hide a job that has ended (its name can be used again; OutgrowSpawner starts each
+        server under the same name)."""
+        self.store.delete_job(self._find(actor, ref).id)  # ConflictError unless it ended
 
     def open_link(self, actor: UserView, ref: str, ttl_s: float = 120.0) -> dict[str, Any]:
         """A one-time link to the job's stable URL for a browser (good once, for this job,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outgrow.controlplane import prometheus
+from outgrow.controlplane.hub import masked
 from outgrow.controlplane.images import Images
 from outgrow.domain.images import ImageSpec
 from outgrow.domain.jobs import InstanceView, JobView, MetricPoint
@@ -65,6 +66,8 @@ class Views:
         opening it resumes a suspended job."""
         if image is None or not image.is_jupyter or is_terminal(rec.status):
             return None
+        if rec.spec.hub_prefix is not None:  # a JupyterHub server: reached through the hub
+            return None
         return f"{self.public_url}/jobs/{rec.id}/"
 
     def security_group_rules(self, rec: JobRecord, image: ImageSpec | None) -> list[dict[str, Any]]:
@@ -91,7 +94,7 @@ class Views:
             status=rec.status,
             status_reason=rec.status_reason,
             image=rec.spec.image,
-            spec=rec.spec,
+            spec=masked(rec.spec),
             run=rec.run,
             instance=current,
             instances=insts,

@@ -29,10 +29,13 @@ except ImportError:  # pragma: no cover - packaging is in requirements.lock
 else:
     _HAVE_PACKAGING = True
 
-ImageKind = Literal["jupyter-lab", "jupyter-server", "python"]
+ImageKind = Literal["jupyter-lab", "jupyter-server", "python", "jupyterhub-singleuser"]
 IMAGE_KINDS: tuple[str, ...] = get_args(ImageKind)
+# A JupyterHub user's server (``jupyterhub-singleuser``), started by OutgrowSpawner and
+# served under the hub's prefix (/user/<name>/) rather than /jobs/<id>/: docs/jupyterhub.md.
+HUB_KIND = "jupyterhub-singleuser"
 # Kinds that run a Jupyter server (reached through the stable URL, idle-checked).
-JUPYTER_KINDS: frozenset[str] = frozenset({"jupyter-lab", "jupyter-server"})
+JUPYTER_KINDS: frozenset[str] = frozenset({"jupyter-lab", "jupyter-server", HUB_KIND})
 # The port a Jupyter image serves on when its spec does not say otherwise.
 DEFAULT_JUPYTER_PORT = 8888
 
@@ -319,6 +322,18 @@ venv's `python`, in the job workspace; its stdout and stderr are the job log. Ad
 with a derived image: `--base python --pip 'pyarrow requests'`.
 """
 
+_JUPYTERHUB_SINGLEUSER_DOCS = """\
+# JupyterHub single-user server
+
+JupyterLab run by `jupyterhub-singleuser`, for a JupyterHub whose spawner is outgrow's
+(`c.JupyterHub.spawner_class = "outgrow"`, see docs/jupyterhub.md): each user's server is
+a job that grows, shrinks, suspends when idle and moves while the user keeps working at
+the hub's URL; the hub's login decides who gets in. Jobs of this image are created by the
+spawner only. `jupyterhub` is pinned to the version outgrow is tested with; a hub of
+another version needs a derived image, e.g. `--base jupyterhub-singleuser
+--pip 'jupyterhub==5.4.0'`.
+"""
+
 _PINS = "ipykernel==7.4.0 numpy==2.4.6 pandas==3.1.1"
 _BUILTINS: tuple[tuple[ImageKind, str, str, str, int | None], ...] = (
     ("jupyter-lab", f"jupyterlab==4.6.6 jupyter_server==2.21.1 {_PINS}",
@@ -327,6 +342,10 @@ _BUILTINS: tuple[tuple[ImageKind, str, str, str, int | None], ...] = (
      "Headless Jupyter Server for a local JupyterLab (gateway)", _JUPYTER_SERVER_DOCS, 8888),
     ("python", "numpy==2.4.6 pandas==3.1.1",
      "Python with NumPy and pandas for batch scripts", _PYTHON_DOCS, None),
+    ("jupyterhub-singleuser",
+     f"jupyterhub==6.1.1 jupyterlab==4.6.6 jupyter_server==2.21.1 {_PINS}",
+     "A JupyterHub user's JupyterLab (started by the hub's OutgrowSpawner)",
+     _JUPYTERHUB_SINGLEUSER_DOCS, 8888),
 )  # fmt: skip
 BUILTIN_IMAGES: dict[str, ImageSpec] = {
     kind: ImageSpec(kind, kind, tuple(pins.split()), description, docs, port)

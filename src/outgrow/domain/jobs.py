@@ -37,6 +37,29 @@ def check_name(value: str, what: str = "name") -> str:
     return value
 
 
+# One path segment as it appears in a URL (RFC 3986 pchar, percent-encoded as JupyterHub
+# escapes user and server names).
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
+
+
+def check_url_prefix(value: str) -> str:
+    """A URL path prefix such as ``/user/ann%40x/``: starts and ends with ``/``, one or more
+    segments of URL path characters, no ``.``/``..`` segment, at most 255 characters."""
+    segments = value[1:-1].split("/")
+    if (
+        len(value) > 255
+        or not value.startswith("/")
+        or not value.endswith("/")
+        or value == "/"
+        or not all(
+            _SEGMENT.fullmatch(s) and s.lower().replace("%2e", ".") not in (".", "..")
+            for s in segments
+        )
+    ):
+        raise ValueError(f"{value!r} is not a URL path prefix like /user/<name>/")
+    return value
+
+
 class JobSpec(BaseModel):
     """What a user submits (CLI flags, YAML job file, console form, template content).
 
@@ -61,6 +84,10 @@ class JobSpec(BaseModel):
     # OCI images: run the image's own Jupyter ("lab", "server") with outgrow's token and
     # base URL; None runs the script, else the image's Entrypoint/Cmd.
     jupyter: Literal["lab", "server"] | None = None
+    # A JupyterHub user's server: the hub's service prefix (/user/<name>/) the job is served
+    # under, with the hub's auth (docs/jupyterhub.md). Only for the jupyterhub-singleuser
+    # kind, from accounts in OUTGROW_JUPYTERHUB_USERS (controlplane/hub.py checks both).
+    hub_prefix: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -124,6 +151,13 @@ class JobSpec(BaseModel):
             raise ValueError("idle_timeout_s must be >= 0 (0 disables auto-suspend)")
         return v
 
+    @field_validator("hub_prefix")
+    @classmethod
+    def _hub_prefix(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_url_prefix(v)
+        return v
+
     @model_validator(mode="after")
     def _ranges(self) -> JobSpec:
         cpu, mem = parse_cpu_range(self.cpu), parse_mem_range(self.mem)
@@ -147,6 +181,7 @@ def spec_from_mapping(data: dict[str, Any]) -> JobSpec:
         "instanceType": "instance_type",
         "allowCidr": "allow_cidr",
         "idleTimeout": "idle_timeout_s",
+        "hubPrefix": "hub_prefix",
     }
     d = {aliases.get(k, k): v for k, v in data.items()}
     if isinstance(d.get("migrate_policy"), dict):

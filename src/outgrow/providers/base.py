@@ -113,6 +113,12 @@ class Provider(ABC):
         (Capability.SECURITY_GROUPS)."""
         raise ProviderError(f"provider {self.name} has no security groups")
 
+    def ensure_network(self) -> None:
+        """Make the address instances reach this host at exist now, before any instance
+        does (a service on the host that instances call, e.g. JupyterHub's API, listens
+        there). Default: nothing to do."""
+        return None
+
     def network_ranges(self) -> tuple[str | None, str | None]:
         """(address of the control plane as instances see it, pool of instance addresses),
         for showing a security group's rules; (None, None) when not known."""

@@ -1,5 +1,6 @@
 """The stable-URL proxy: ``http://<control plane>/jobs/<job-id>/…`` reaches the job's
-Jupyter server wherever the job runs now, and keeps browser WebSockets open across moves.
+Jupyter server wherever the job runs now, and keeps browser WebSockets open across moves;
+``/user/<name>/…`` does the same for JupyterHub's servers (see "JupyterHub servers").
 
 Each Jupyter job runs jupyter_server with ``base_url=/jobs/<job-id>/`` and a random token
 of its own on port 8888 of its instance address; a move changes that address. The proxy
@@ -22,8 +23,10 @@ HTTP (``http.py``, ``upstream.py``)
     ``/jobs/…`` to the proxy ahead of the API's routing.
 
 Holding (``core.py``)
-    While a job is Floating, Suspending, Suspended or Resuming (or between the two hooks
-    below), new requests and WebSocket handshakes wait on a per-job ``asyncio.Event`` for
+    While a job is Suspending, Suspended or Resuming, or between the two hooks below (a
+    Floating job's source serves on until its checkpoint begins: creating the target, which
+    takes seconds locally and minutes on a cloud, is no downtime), new requests and
+    WebSocket handshakes wait on a per-job ``asyncio.Event`` for
     up to ``OUTGROW_PROXY_HOLD_SECONDS`` (120), at most ``OUTGROW_PROXY_HOLD_MAX`` (256)
     per job (beyond: 503 + Retry-After), then go to wherever the job is. A request to a
     Suspended job resumes it (as the requesting user). States are re-read from the store
@@ -43,6 +46,23 @@ Moves (the ``MoveHooks`` protocol; docs/design.md, "A move, step by step", steps
     releases the held requests. A job that is gone or failed gets its client WebSockets
     closed with 1011 and a reason; a Suspended job keeps them open (a message from the
     client resumes the job; a watcher re-attaches or closes them when its state changes).
+
+JupyterHub servers (``hub.py``; docs/jupyterhub.md)
+    With ``OUTGROW_JUPYTERHUB_USERS`` set, the proxy also serves ``OUTGROW_JUPYTERHUB_PATH``
+    (``/user/``): a request under a live hub job's prefix (``/user/<name>/``, the longest
+    prefix winning, so ``/user/<name>/<server>/`` too) goes to that job *passed through*:
+    no outgrow credentials asked, no Jupyter token injected, nothing masked; Host, Origin,
+    Cookie, Authorization and the query go upstream as sent, because the job's
+    ``jupyterhub-singleuser`` authenticates the request with the hub's OAuth (cookie or
+    hub token) and checks Origin against Host itself, exactly as behind the hub's
+    configurable-http-proxy alone. outgrow's own credentials (the ``outgrow_session``
+    cookie, an ``og_`` token in Authorization) are stripped, never handed to a user's
+    server. Only hub jobs are reachable that way: only accounts listed in
+    ``OUTGROW_JUPYTERHUB_USERS`` can create them, with a prefix under that path that no
+    other live job holds (controlplane/hub.py); any other path under it (an unknown or
+    ended prefix, a dot segment) is 404, and a hub job is not served under
+    ``/jobs/<id>/``. Holding, moves and resuming work as above (a request to a suspended
+    hub job resumes it on behalf of the job's owner, the hub's account).
 
 Known limits: jupyter_server buffers for the *last* session of a kernel only, so with
 several clients on one kernel only one gets the messages sent during the move; an answer

@@ -22,6 +22,7 @@ from outgrow.domain.states import JobState as S
 from outgrow.errors import ConflictError, OutgrowError
 from outgrow.proxy import http
 from outgrow.proxy.errors import ProxyError, refuse, send_error
+from outgrow.proxy.hub import HubRoutes, parse_hub, valid_host
 from outgrow.proxy.jobs import JobEntry, Target, spawn
 from outgrow.proxy.request import Authenticator, Identity, Incoming, parse, session_cookie
 from outgrow.proxy.ws import WsBridge, open_upstream
@@ -29,6 +30,7 @@ from outgrow.proxy.ws import WsBridge, open_upstream
 log = logging.getLogger("outgrow.proxy")
 
 HOLD_STATES = frozenset({S.FLOATING, S.SUSPENDING, S.SUSPENDED, S.RESUMING})
+SERVING_STATES = frozenset({S.EXECUTING, S.FLOATING})  # unless the move hooks hold it
 STARTING_STATES = frozenset({S.SUBMITTED, S.INITIALIZING, S.STARTING, S.NO_AVAILABLE_HOST})
 RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 HOOK_TIMEOUT_S = 5.0
@@ -39,9 +41,12 @@ WATCH_EVERY_S = 1.0
 UPSTREAM_ERRORS = (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError)
 
 
+HUB_KEY = -1  # the target cache's key for pass-through (hub) lookups: no user's
+
+
 class StableUrlProxy:
-    """Serves ``/jobs/<id>/…`` (see ``ProxyRoute``); register it with
-    ``plane.move_hooks.append(proxy)``."""
+    """Serves ``/jobs/<id>/…`` and, when JupyterHub servers are enabled, the hub's
+    ``/user/…`` (see ``ProxyRoute``); register it with ``plane.move_hooks.append(proxy)``."""
 
     def __init__(self, plane: ControlPlane):
         self.plane = plane
@@ -50,6 +55,9 @@ class StableUrlProxy:
         self.auth = Authenticator(plane)
         self.jobs: dict[str, JobEntry] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.hub: HubRoutes | None = None  # JupyterHub servers, when enabled (hub.py)
+        if plane.hub.enabled:
+            self.hub = HubRoutes(plane.settings.jupyterhub_path, plane.hub.routes)
 
     # ---- ASGI -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,6 +65,9 @@ class StableUrlProxy:
             return
         self.loop = asyncio.get_running_loop()
         req = parse(scope)
+        if req is None and self.hub is not None and self.hub.serves(scope["path"]):
+            await self._guarded(scope, send, self._hub(scope, receive, send))
+            return
         if req is None:
             await send_error(scope, send, ProxyError(404, "not_found", "no such job"))
             return
@@ -66,39 +77,66 @@ class StableUrlProxy:
             else:
                 await send_error(scope, send, ProxyError(404, "not_found", "no such path"))
             return
+        await self._guarded(scope, send, self._jobs(req, scope, receive, send))
+
+    async def _guarded(self, scope: Scope, send: Send, work: Coroutine[Any, Any, None]) -> None:
+        """Run the request's handling; errors become the proxy's own answers."""
         try:
-            who = await self.auth.identify(req)
-            if who.via == "query" and req.kind == "http" and _is_navigation(req):
-                # A browser opened a one-time link: keep the token in a cookie, not the URL.
-                location = req.upstream_path.decode("latin-1")
-                cookie = (b"set-cookie", session_cookie(req, who.token))
-                await refuse(scope, send, 303, b"", [(b"location", location.encode()), cookie])
-                return
-            entry = self.jobs.get(req.job_id)
-            if entry is None:  # only for jobs the user may see (NotFoundError otherwise)
-                entry = JobEntry(req.job_id)
-                await self.target(who.user, entry)
-                entry = self.jobs.setdefault(req.job_id, entry)
-            if req.kind == "http":
-                await self._http(req, who, entry, receive, send)
-            else:
-                await self._websocket(scope, req, who, entry, receive, send)
+            await work
         except ProxyError as err:
             await send_error(scope, send, err)
         except OutgrowError as exc:
             await send_error(scope, send, ProxyError.of(exc))
         except Exception:
-            log.exception("proxy error on %s", req.raw_path.decode("latin-1"))
+            path = (scope.get("raw_path") or b"").decode("latin-1")
+            log.exception("proxy error on %s", path or scope.get("path"))
             with contextlib.suppress(Exception):  # fails if the answer had begun
                 await send_error(scope, send, ProxyError(500, "internal", "proxy error"))
+
+    async def _hub(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A JupyterHub server's request, passed through (hub.py)."""
+        assert self.hub is not None
+        req = parse_hub(scope)
+        found = await self.hub.find(req.raw_path.decode("latin-1"))
+        if found is None:
+            raise ProxyError(404, "not_found", "no JupyterHub server at this path")
+        if not valid_host(req):
+            raise ProxyError(400, "bad_request", "invalid Host header")
+        req.job_id, req.hub_prefix, owner = found
+        who = Identity(owner, "hub", "")
+        entry = self.jobs.setdefault(req.job_id, JobEntry(req.job_id))
+        if req.kind == "http":
+            await self._http(req, who, entry, receive, send)
+        else:
+            await self._websocket(scope, req, who, entry, receive, send)
+
+    async def _jobs(self, req: Incoming, scope: Scope, receive: Receive, send: Send) -> None:
+        """A ``/jobs/<id>/…`` request: outgrow's auth, the job's token injected."""
+        who = await self.auth.identify(req)
+        if who.via == "query" and req.kind == "http" and _is_navigation(req):
+            # A browser opened a one-time link: keep the token in a cookie, not the URL.
+            location = req.upstream_path.decode("latin-1")
+            cookie = (b"set-cookie", session_cookie(req, who.token))
+            await refuse(scope, send, 303, b"", [(b"location", location.encode()), cookie])
+            return
+        entry = self.jobs.get(req.job_id)
+        if entry is None:  # only for jobs the user may see (NotFoundError otherwise)
+            entry = JobEntry(req.job_id)
+            await self.target(who.user, entry)
+            entry = self.jobs.setdefault(req.job_id, entry)
+        if req.kind == "http":
+            await self._http(req, who, entry, receive, send)
+        else:
+            await self._websocket(scope, req, who, entry, receive, send)
 
     async def _http(
         self, req: Incoming, who: Identity, entry: JobEntry, receive: Receive, send: Send
     ) -> None:
         retryable = req.method in RETRYABLE and not http.has_body(req)
         extra = [(b"set-cookie", session_cookie(req, who.token))] if who.via == "query" else []
+        hub = req.hub_prefix is not None
         while True:
-            target = await self.ready(who.user, entry)
+            target = await self.ready(who.user, entry, hub)
             assert target.address is not None
             ex = http.Exchange()
             pool = entry.pool(target.address, target.port)
@@ -148,7 +186,7 @@ class StableUrlProxy:
     ) -> None:
         offered = list(scope.get("subprotocols") or [])
         while True:
-            target = await self.ready(who.user, entry)
+            target = await self.ready(who.user, entry, req.hub_prefix is not None)
             task = asyncio.create_task(self._connect(req, who.user, entry, target, offered, send))
             entry.inflight.add(task)  # no await since ready(): a detach cannot miss it
             try:
@@ -195,26 +233,37 @@ class StableUrlProxy:
         return bridge
 
     # ---- where the job is, holding while it moves ----------------------------------
-    async def target(self, actor: UserView, entry: JobEntry) -> Target:
-        hit = entry.cached(actor.id)
+    async def target(self, actor: UserView, entry: JobEntry, hub: bool = False) -> Target:
+        """Where the job is now, as ``actor`` may see it (``hub``: a JupyterHub server's,
+        passed through: no token to inject)."""
+        key = HUB_KEY if hub else actor.id
+        hit = entry.cached(key)
         if hit is not None:
             return hit
-        status, address, port, token = await anyio.to_thread.run_sync(
-            self.plane.proxy_target, actor, entry.id
-        )
+        if hub:
+            status, address, port, _ = await anyio.to_thread.run_sync(
+                self.plane.hub.target, entry.id
+            )
+            token = ""
+        else:
+            status, address, port, token = await anyio.to_thread.run_sync(
+                self.plane.proxy_target, actor, entry.id
+            )
         t = Target(status, address, port, token, time.monotonic())
-        entry.targets[actor.id] = t
+        entry.targets[key] = t
         return t
 
-    async def ready(self, actor: UserView, entry: JobEntry) -> Target:
+    async def ready(self, actor: UserView, entry: JobEntry, hub: bool = False) -> Target:
         """The job's target once it runs; holds while it moves, suspends or resumes."""
         deadline = time.monotonic() + self.hold_s
         held = False
         try:
             while True:
                 changed = entry.changed
-                t = await self.target(actor, entry)
-                if t.status == S.EXECUTING and t.address and not entry.holding:
+                t = await self.target(actor, entry, hub)
+                # Floating before the checkpoint (the target is still being created): the
+                # source serves on; before_checkpoint starts the holding (`entry.holding`).
+                if t.status in SERVING_STATES and t.address and not entry.holding:
                     return t
                 if not (entry.holding or t.status in HOLD_STATES):
                     raise _not_running(entry.id, t.status)
@@ -256,13 +305,13 @@ class StableUrlProxy:
             pass  # already resuming (or the suspend is still finishing: tried again later)
         entry.targets.clear()
 
-    def client_activity(self, entry: JobEntry, actor: UserView) -> None:
+    def client_activity(self, entry: JobEntry, actor: UserView, hub: bool = False) -> None:
         """A held websocket got a message: a suspended job is resumed for it."""
         if not entry.holding:
-            spawn(self._wake(entry, actor))
+            spawn(self._wake(entry, actor, hub))
 
-    async def _wake(self, entry: JobEntry, actor: UserView) -> None:
-        if (await self.target(actor, entry)).status == S.SUSPENDED and not entry.holding:
+    async def _wake(self, entry: JobEntry, actor: UserView, hub: bool) -> None:
+        if (await self.target(actor, entry, hub)).status == S.SUSPENDED and not entry.holding:
             await self.resume(actor, entry)
 
     # ---- move hooks (called from the control plane's worker threads) ---------------
@@ -314,7 +363,7 @@ class StableUrlProxy:
         if not held:
             return
         try:
-            t = await self.target(held[0].actor, entry)
+            t = await self.target(held[0].actor, entry, held[0].hub)
         except OutgrowError:
             t = Target("gone", None, 0, "", time.monotonic())
         if t.status == S.EXECUTING and t.address:
@@ -348,16 +397,20 @@ class StableUrlProxy:
 
 
 class ProxyRoute:
-    """ASGI middleware sending ``/jobs/…`` straight to the proxy, before the API's
-    middleware and route matching (which cost ~0.25 ms of CPU per request):
-    ``app.add_middleware(ProxyRoute, proxy=proxy)``."""
+    """ASGI middleware sending ``/jobs/…`` (and the hub's ``/user/…``, when enabled)
+    straight to the proxy, before the API's middleware and route matching (which cost
+    ~0.25 ms of CPU per request): ``app.add_middleware(ProxyRoute, proxy=proxy)``."""
 
     def __init__(self, app: ASGIApp, proxy: StableUrlProxy):
         self.app = app
         self.proxy = proxy
+        self.hub = proxy.hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/jobs/"):
+        if scope["type"] in ("http", "websocket") and (
+            scope["path"].startswith("/jobs/")
+            or (self.hub is not None and self.hub.serves(scope["path"]))
+        ):
             await self.proxy(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Send
 
+from outgrow.proxy import hub
 from outgrow.proxy.errors import Headers
 from outgrow.proxy.jobs import Target
 from outgrow.proxy.request import Incoming
@@ -86,6 +87,8 @@ class Masker:
 
 
 def upstream_headers(req: Incoming, target: Target) -> Headers:
+    if req.hub_prefix is not None:  # a JupyterHub server's request: passed through
+        return hub.http_headers(req)
     out: Headers = []
     connection_listed = {
         v.strip().lower().encode()

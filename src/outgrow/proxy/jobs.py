@@ -36,6 +36,7 @@ class Bridge(Protocol):
     sees it across a move."""
 
     actor: UserView
+    hub: bool  # a JupyterHub server's websocket, passed through (hub.py)
     detached: bool  # the job is moving: what the client sends is queued
     done: bool  # the client side is closed
     pending: deque[str | bytes]
@@ -46,7 +47,7 @@ class Bridge(Protocol):
 
 
 class Activity(Protocol):
-    def client_activity(self, entry: JobEntry, actor: UserView) -> None:
+    def client_activity(self, entry: JobEntry, actor: UserView, hub: bool = False) -> None:
         """A held websocket got a message (a suspended job is resumed for it)."""
 
 
@@ -57,7 +58,7 @@ class JobEntry:
     epoch: int = 0  # +1 at every detach: work begun in an older epoch is stale
     waiting: int = 0  # requests held right now
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    targets: dict[int, Target] = field(default_factory=dict)  # user id → last lookup
+    targets: dict[int, Target] = field(default_factory=dict)  # user id (-1: hub) → lookup
     bridges: set[Bridge] = field(default_factory=set)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     upstream: Pool | None = None

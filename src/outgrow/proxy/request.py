@@ -60,6 +60,7 @@ class Incoming:
     cookie_tokens: list[str] = field(default_factory=list)  # every outgrow_session value
     other_cookies: list[str] = field(default_factory=list)
     has_query_token: bool = False
+    hub_prefix: str | None = None  # a JupyterHub server's request, passed through (hub.py)
 
     @property
     def upstream_path(self) -> bytes:
@@ -95,21 +96,7 @@ def parse(scope: Scope) -> Incoming | str | None:
     qs: bytes = scope.get("query_string", b"")
     if not slash:
         return raw.decode("latin-1") + "/" + ("?" + qs.decode("latin-1") if qs else "")
-    headers: Headers = list(scope.get("headers", []))
-    server = scope.get("server") or ("", 0)
-    client = scope.get("client") or ("", 0)
-    req = Incoming(
-        kind=scope["type"],
-        method=scope.get("method", "GET").upper(),
-        job_id=job_id,
-        raw_path=raw,
-        query=b"",
-        headers=headers,
-        scheme=scope.get("scheme", "http"),
-        host="",
-        client_ip=str(client[0] or ""),
-    )
-    req.host = req.header(b"host") or f"{server[0]}:{server[1]}"
+    req = incoming(scope, raw, job_id)
     scheme, _, value = req.header(b"authorization").strip().partition(" ")
     if scheme.lower() in ("token", "bearer"):
         req.header_token = value.strip()
@@ -122,7 +109,26 @@ def parse(scope: Scope) -> Incoming | str | None:
         else:
             kept.append(part)
     req.query = b"&".join(kept)
-    for k, v in headers:
+    return req
+
+
+def incoming(scope: Scope, raw: bytes, job_id: str) -> Incoming:
+    """The request's parts every kind of proxied request has (no credentials yet)."""
+    server = scope.get("server") or ("", 0)
+    client = scope.get("client") or ("", 0)
+    req = Incoming(
+        kind=scope["type"],
+        method=scope.get("method", "GET").upper(),
+        job_id=job_id,
+        raw_path=raw,
+        query=b"",
+        headers=list(scope.get("headers", [])),
+        scheme=scope.get("scheme", "http"),
+        host="",
+        client_ip=str(client[0] or ""),
+    )
+    req.host = req.header(b"host") or f"{server[0]}:{server[1]}"
+    for k, v in req.headers:
         if k != b"cookie":
             continue
         for item in v.decode("latin-1").split(";"):

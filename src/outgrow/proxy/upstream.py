@@ -182,10 +182,9 @@ class Pool:
         length: int | None,
     ) -> Response:
         w = conn.writer
-        head = [
-            method.encode() + b" " + target + b" HTTP/1.1",
-            b"host: %s:%d" % (self.host.encode(), self.port),
-        ]
+        head = [method.encode() + b" " + target + b" HTTP/1.1"]
+        if not any(k == b"host" for k, _ in headers):  # the caller's Host wins (hub.py)
+            head.append(b"host: %s:%d" % (self.host.encode(), self.port))
         head += [k + b": " + v for k, v in headers]
         if length is not None:  # also "content-length: 0" when the client said so
             head.append(b"content-length: %d" % length)

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from outgrow.domain.jobs import UserView
+from outgrow.proxy import hub
 from outgrow.proxy.jobs import Activity, JobEntry, Target, spawn
 from outgrow.proxy.request import Incoming
 
@@ -39,15 +40,20 @@ _UNSENDABLE = frozenset({1005, 1006, 1015})  # reserved close codes, never on th
 
 
 async def open_upstream(req: Incoming, target: Target, subprotocols: list[str]) -> ClientConnection:
-    url = f"ws://{target.address}:{target.port}" + req.upstream_path.decode("latin-1")
-    headers = [
-        ("Authorization", f"token {target.token}"),
-        ("X-Forwarded-For", req.client_ip),
-        ("X-Forwarded-Proto", "wss" if req.scheme == "wss" else "ws"),
-        ("X-Forwarded-Host", req.host),
-    ]
+    if req.hub_prefix is not None:  # passed through: the client's own headers and Host
+        url, headers = hub.ws_url(req), hub.ws_headers(req)
+    else:
+        url = f"ws://{target.address}:{target.port}" + req.upstream_path.decode("latin-1")
+        headers = [
+            ("Authorization", f"token {target.token}"),
+            ("X-Forwarded-For", req.client_ip),
+            ("X-Forwarded-Proto", "wss" if req.scheme == "wss" else "ws"),
+            ("X-Forwarded-Host", req.host),
+        ]
     return await connect(
         url,
+        host=target.address,  # where to connect, whatever host the URL names
+        port=target.port,
         additional_headers=headers,
         subprotocols=[Subprotocol(p) for p in subprotocols] or None,
         compression=None,
@@ -69,6 +75,7 @@ class WsBridge:
         self.entry = entry
         self.req = req
         self.actor = actor
+        self.hub = req.hub_prefix is not None
         self.send = send
         self.subprotocol: str | None = None
         self.upstream: ClientConnection | None = None
@@ -129,7 +136,7 @@ class WsBridge:
             self.pending_bytes = 0
             self.fail(1013, "too many messages queued while the job was unreachable")
             return
-        self.proxy.client_activity(self.entry, self.actor)
+        self.proxy.client_activity(self.entry, self.actor, self.hub)
 
     async def _pump(self, up: ClientConnection) -> None:
         """Upstream → client, until the upstream closes."""

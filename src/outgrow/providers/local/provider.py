@@ -431,6 +431,9 @@ class LocalProvider(Provider):
     def local_job_dir(self, job_id: str) -> Path | None:
         return self.jobs_dir / job_id if self.settings.local_job_storage == "shared" else None
 
+    def ensure_network(self) -> None:
+        self.net.ensure_bridge()  # the gateway address: the bridge's
+
     def network_ranges(self) -> tuple[str | None, str | None]:
         return str(self.net.gateway), str(self.net.pool)
 
