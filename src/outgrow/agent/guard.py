@@ -1,13 +1,12 @@
 """Keep jobs away from agents: the agent's API and the page-server ports answer the control
-plane and peer agents only. A job runs as a uid of the sandbox range (agent/sandbox.py);
-its packets to those ports — on this instance's agent or any other's — are refused at the
-output hook of the instance's network namespace, before the agent ever sees a token."""
+plane and peer agents only. A job never runs as root (agent/sandbox.py); packets of a
+non-root process to those ports — on this instance's agent or any other's — are refused
+at the output hook of the instance's network namespace, before an agent sees a token."""
 
 from __future__ import annotations
 
 import subprocess
 
-from outgrow.agent.sandbox import UID_BASE, UID_SPAN
 from outgrow.errors import RuntimeFailure
 
 TABLE = "outgrow_guard"
@@ -15,14 +14,13 @@ TABLE = "outgrow_guard"
 
 def rules(agent_port: int, page_server_ports: tuple[int, int]) -> str:
     low, high = page_server_ports
-    uids = f"{UID_BASE}-{UID_BASE + UID_SPAN - 1}"
     ports = f"{{ {agent_port}, {low}-{high} }}"
     # "table …; delete table …" first: applying it again replaces it atomically.
     return f"""table inet {TABLE}
 delete table inet {TABLE}
 table inet {TABLE} {{
   chain output {{ type filter hook output priority 0; policy accept;
-    meta skuid {uids} tcp dport {ports} reject with tcp reset
+    meta skuid != 0 tcp dport {ports} reject with tcp reset
   }}
 }}
 """

@@ -30,6 +30,7 @@ from outgrow.agent.sandbox import (
     Sandbox,
 )
 from outgrow.domain.images import DEFAULT_JUPYTER_PORT, HUB_KIND, JUPYTER_KINDS, ImageKind
+from outgrow.domain.oci import OciConfig, RootfsFacts
 from outgrow.errors import RuntimeFailure, ValidationError
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -147,6 +148,11 @@ class JobLaunch:
     evade_oom: bool = True
     uid: int = 0  # the job's own unprivileged uid (sandbox.job_uid), its gid the same
     gid: int = 0
+    # An OCI image's job: its command (Entrypoint/Cmd, or what runs the script or the
+    # image's own Jupyter), environment (the image's Env) and working directory.
+    argv: tuple[str, ...] = ()
+    image_env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = WORKSPACE
 
     @property
     def is_jupyter(self) -> bool:
@@ -176,29 +182,59 @@ def job_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
     """The job's main command (run by the init shell, not exec'd, so the exit code is kept);
     ``dirs`` as the job sees them."""
     bin_dir = Path(launch.python_bin_dir)
+    if launch.argv:
+        return list(launch.argv)
     if launch.kind == HUB_KIND:
         return hub_singleuser_command(launch, dirs)
     if launch.is_jupyter:
-        app = "lab" if launch.kind == "jupyter-lab" else "server"
-        return [
-            str(bin_dir / "jupyter"),
-            app,
-            "--ip=0.0.0.0",
-            f"--port={launch.port}",
-            "--no-browser",
-            f"--ServerApp.token={launch.jupyter_token}",
-            f"--ServerApp.base_url={launch.base_url}",
-            f"--ServerApp.root_dir={WORKSPACE}",
-            "--ServerApp.allow_remote_access=True",
-            "--ServerApp.port_retries=0",
-            # Terminals are the job's own (its devpts instance moves with it).
-            "--ServerApp.terminals_enabled=True",
-            # Keep the notary DB in memory: no SQLite file held open outside the job dir.
-            "--NotebookNotary.db_file=:memory:",
-        ]
+        return jupyter_command(str(bin_dir / "jupyter"), launch)
     if launch.script.startswith("#!"):
         return [str(dirs.user_script)]
     return [str(bin_dir / "python"), "-u", str(dirs.user_script)]
+
+
+def jupyter_command(jupyter: str, launch: JobLaunch) -> list[str]:
+    """``jupyter lab|server`` with outgrow's token, base URL and settings."""
+    app = "lab" if launch.kind == "jupyter-lab" else "server"
+    return [
+        jupyter,
+        app,
+        "--ip=0.0.0.0",
+        f"--port={launch.port}",
+        "--no-browser",
+        f"--ServerApp.token={launch.jupyter_token}",
+        f"--ServerApp.base_url={launch.base_url}",
+        f"--ServerApp.root_dir={WORKSPACE}",
+        "--ServerApp.allow_remote_access=True",
+        "--ServerApp.port_retries=0",
+        # Terminals are the job's own (its devpts instance moves with it).
+        "--ServerApp.terminals_enabled=True",
+        # Keep the notary DB in memory: no SQLite file held open outside the job dir.
+        "--NotebookNotary.db_file=:memory:",
+    ]
+
+
+def oci_command(
+    launch: JobLaunch, config: OciConfig, facts: RootfsFacts | None, dirs: JobDirs
+) -> tuple[str, ...]:
+    """What an OCI image's job runs (``dirs`` as the job sees them): the image's own
+    Jupyter; its Entrypoint with the job's script in place of Cmd; or Entrypoint + Cmd."""
+    found = facts.found if facts else {}
+    if launch.is_jupyter:
+        return tuple(jupyter_command(found.get("jupyter", "jupyter"), launch))
+    if launch.script.strip():
+        script = str(dirs.user_script)
+        python = facts.python if facts else None
+        if launch.script.startswith("#!"):
+            run: tuple[str, ...] = (script,)
+        elif python:
+            run = (python, "-u", script)
+        else:
+            run = ("/bin/sh", script)
+        return config.entrypoint + run
+    if not config.command:
+        raise ValidationError("the image has no Entrypoint or Cmd: give the job a script")
+    return config.command
 
 
 def hub_singleuser_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
@@ -220,9 +256,11 @@ def hub_singleuser_command(launch: JobLaunch, dirs: JobDirs) -> list[str]:
 
 def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
     """The job's environment (``dirs`` as the job sees them), under outgrow's names and the
-    names float (MMCloud) job scripts use."""
+    names float (MMCloud) job scripts use; an OCI image's own Env below them."""
+    path = launch.image_env.get("PATH", SYSTEM_PATH) if launch.argv else None
     env = {
-        "PATH": f"{launch.python_bin_dir}:{SYSTEM_PATH}",
+        **launch.image_env,
+        "PATH": path or f"{launch.python_bin_dir}:{SYSTEM_PATH}",
         "HOME": str(dirs.home),
         "USER": "job",
         # Terminals run it. bash, not dash: dash keeps /dev/tty open beside the pty, which
@@ -240,8 +278,9 @@ def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
         "JUPYTER_DATA_DIR": str(dirs.jupyter_data),
         "JUPYTER_CONFIG_DIR": str(dirs.root / "jupyter" / "config"),
         "IPYTHONDIR": str(dirs.ipython),
-        "VIRTUAL_ENV": str(Path(launch.python_bin_dir).parent),
     }
+    if launch.python_bin_dir:
+        env["VIRTUAL_ENV"] = str(Path(launch.python_bin_dir).parent)
     env.update(launch.env)
     return env
 
@@ -262,7 +301,7 @@ def write_run_script(launch: JobLaunch, dirs: JobDirs) -> Path:
     text = f"""# generated by the outgrow agent for job {launch.job_id}
 exec </dev/null >>{shlex.quote(str(inner.stdout))} 2>>{shlex.quote(str(inner.stderr))}
 {env_lines}
-cd {WORKSPACE}
+cd {shlex.quote(launch.workdir)}
 rm -f {shlex.quote(str(inner.exit_code_file))}
 {cmd}
 echo $? > {shlex.quote(str(inner.exit_code_file))}

@@ -204,10 +204,59 @@ def _venv_home(venv: Path) -> Path | None:
     return None
 
 
-def prepare_upper(upper: Path, lowers: Sequence[Path], uid: int, gid: int, hostname: str) -> None:
-    """The job's own /etc entries, written into its upper dir once: its uid in passwd and
-    group (tools ask who they are), its hostname."""
+def image_user(rootfs: Path, user: str) -> tuple[int, int] | None:
+    """The (uid, gid) an image's ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``)
+    names in its own /etc/passwd and /etc/group; None for root, none or unknown (the job
+    then runs as its own uid)."""
+    name, _, group = user.partition(":")
+    if not name:
+        return None
+
+    def lookup(file: str, key: str) -> list[str] | None:
+        with contextlib.suppress(OSError):
+            for line in (rootfs / "etc" / file).read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) > 3 and key in (fields[0], fields[2]):
+                    return fields
+        return None
+
+    pw = lookup("passwd", name)
+    uid = int(name) if name.isdigit() else (int(pw[2]) if pw else None)
+    if uid is None or uid == 0:
+        return None
+    gid = int(pw[3]) if pw else uid
+    if group:
+        gr = lookup("group", group)
+        gid = int(group) if group.isdigit() else (int(gr[2]) if gr else gid)
+    return uid, gid
+
+
+def prepare_upper(
+    upper: Path,
+    lowers: Sequence[Path],
+    uid: int,
+    gid: int,
+    hostname: str,
+    own: Sequence[str] = (),
+) -> None:
+    """The job's own layer, prepared once: its uid in /etc/passwd and /etc/group (tools ask
+    who they are), its hostname, and the directories ``own`` (an image's WorkingDir) made
+    its own — the job stands in for the image's root user, which it never is."""
     etc = upper / "etc"
+    for d in own:
+        mine = upper / d.strip("/")
+        if d.strip("/") and not mine.exists():
+            mode = next(
+                (
+                    os.stat(lw / d.strip("/")).st_mode & 0o7777
+                    for lw in lowers
+                    if (lw / d.strip("/")).is_dir()
+                ),
+                0o755,
+            )
+            mine.mkdir(parents=True, exist_ok=True)
+            os.chown(mine, uid, gid)
+            os.chmod(mine, mode | 0o700)
     if (etc / "passwd").exists():
         return
     etc.mkdir(parents=True, exist_ok=True)

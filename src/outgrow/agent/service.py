@@ -14,6 +14,8 @@ import os
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from outgrow import __version__
 from outgrow.agent.core import AgentCore
@@ -21,8 +23,25 @@ from outgrow.agent.images import ImageCache
 from outgrow.agent.jobstorage import mount_job_dir, release_job_dir
 from outgrow.agent.metrics import Sampler, watch_oom
 from outgrow.agent.moves import Moves
-from outgrow.agent.runtime import JobLaunch, launch_job, sandbox_for, stop_tree
-from outgrow.agent.sandbox import ensure_skeleton, job_uid, prepare_upper, venv_binds
+from outgrow.agent.oci import OciCache
+from outgrow.agent.oci_ship import prepare_oci
+from outgrow.agent.runtime import (
+    JobDirs,
+    JobLaunch,
+    launch_job,
+    oci_command,
+    sandbox_for,
+    stop_tree,
+)
+from outgrow.agent.sandbox import (
+    WORKSPACE,
+    Bind,
+    ensure_skeleton,
+    image_user,
+    job_uid,
+    prepare_upper,
+    venv_binds,
+)
 from outgrow.agent.state import AgentConfig, AgentJob, save_reclaim
 from outgrow.agentapi.models import (
     AgentPhase,
@@ -123,7 +142,8 @@ class Agent:
                 raise ConflictError(
                     f"instance {self.cfg.instance_id} already runs job {core.job.job_id}"
                 )
-            core.job = AgentJob(launch=launch, image=image.to_dict())
+            # the image as sent: an OCI image's archive_url comes along (for a restore)
+            core.job = AgentJob(launch=launch, image=body.image.model_dump())
             core.image_progress.clear()
             core.image_progress_total = 0
             core.save()
@@ -135,21 +155,26 @@ class Agent:
         job = core.job
         assert job is not None
         try:
-            built = self.images.ensure(image, progress=self._progress)
-            skeleton = ensure_skeleton(self.cfg.image_cache_dir)
-            uid = job_uid(launch.job_id)
-            launch = replace(launch, python_bin_dir=str(built.bin_dir), uid=uid, gid=uid)
             dirs = core.dirs_for(launch.job_id)
+            if image.oci is not None:
+                launch, lower, binds = self._oci_launch(launch, job.image, dirs)
+            else:
+                built = self.images.ensure(image, progress=self._progress)
+                lower = ensure_skeleton(self.cfg.image_cache_dir)
+                uid = job_uid(launch.job_id)
+                launch = replace(launch, python_bin_dir=str(built.bin_dir), uid=uid, gid=uid)
+                binds = venv_binds(built.path / "venv")
             sandbox = sandbox_for(
                 launch,
                 dirs,
                 root=self.cfg.root_mount(launch.job_id),
-                lower=[skeleton],
-                binds=venv_binds(built.path / "venv"),
+                lower=[lower],
+                binds=binds,
                 nofile=self.cfg.job_nofile,
             )
-            dirs.create(uid, uid)
-            prepare_upper(dirs.upper, [skeleton], uid, uid, sandbox.hostname)
+            dirs.create(launch.uid, launch.gid)
+            own = [launch.workdir] if image.oci is not None and launch.workdir != WORKSPACE else []
+            prepare_upper(dirs.upper, [lower], launch.uid, launch.gid, sandbox.hostname, own)
             core.cgroup.set_oom_stall(launch.evade_oom)
             with core.lock:
                 job.launch = launch
@@ -175,9 +200,34 @@ class Agent:
                 job.phase, job.message = AgentPhase.FAILED, str(exc)
                 core.save()
 
+    def _oci_launch(
+        self, launch: JobLaunch, image: dict[str, Any], dirs: JobDirs
+    ) -> tuple[JobLaunch, Path, list[Bind]]:
+        """An OCI image's job: its rootfs (fetched or unpacked here if need be), its user
+        (a non-root User of the image, else the job's own uid), command, Env, WorkingDir."""
+        cache = OciCache(self.cfg.image_cache_dir)
+        rootfs = prepare_oci(cache, image["oci"], self._progress)
+        digest = str(image["oci"]["digest"])
+        config = cache.config(digest)
+        uid, gid = image_user(rootfs, config.user) or (job_uid(launch.job_id),) * 2
+        inner = dirs.inside()
+        launch = replace(
+            launch,
+            python_bin_dir="",
+            uid=uid,
+            gid=gid,
+            image_env=dict(config.env),
+            workdir=config.working_dir or WORKSPACE,
+        )
+        argv = oci_command(launch, config, cache.facts(digest), inner)
+        return replace(launch, argv=argv), rootfs, []
+
     def _prepare_lower(self, job: AgentJob) -> None:
-        """What a restored job's root is made of, present on this instance (built once per
-        host: a no-op where the image cache is shared)."""
+        """What a restored job's root is made of, present on this instance (built or
+        unpacked once per host: a no-op where the image cache is shared)."""
+        if job.image.get("oci"):
+            prepare_oci(OciCache(self.cfg.image_cache_dir), job.image["oci"], None)
+            return
         self.images.ensure(ImageSpec.from_dict(job.image))
         ensure_skeleton(self.cfg.image_cache_dir)
 
