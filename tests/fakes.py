@@ -110,6 +110,10 @@ class FakeAgent:
             images_dir="",
         )
 
+    def snapshot(self, req: CheckpointRequest, timeout: float = 900) -> CheckpointResult:
+        self._call("snapshot")
+        return self.checkpoint(req)
+
     def abort(self) -> JobStatus:
         self._call("abort")
         self.status = self.status.model_copy(update={"phase": AgentPhase.RUNNING})

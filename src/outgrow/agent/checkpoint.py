@@ -98,6 +98,7 @@ class Criu:
         freezer_path: str | None,
         page_server: tuple[str, int] | None = None,
         extra: list[str] | None = None,
+        leave_running: bool = False,
         timeout: float = 600,
     ) -> CriuRun:
         """Dump the tree rooted at ``pid`` and leave it stopped (the caller commits by
@@ -119,7 +120,7 @@ class Criu:
             "--skip-in-flight",
             "--network-lock",
             "skip",
-            "--leave-stopped",
+            "--leave-running" if leave_running else "--leave-stopped",
             "--external",
             f"net[{netns_inode}]:{EXTERNAL_NET_KEY}",
         ]

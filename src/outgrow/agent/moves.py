@@ -126,6 +126,16 @@ class Moves:
 
     def checkpoint(self, req: CheckpointRequest) -> CheckpointResult:
         """Freeze, dump, send the images where ``req`` says; the tree is left frozen."""
+        return self._dump(req, keep_running=False)
+
+    def snapshot(self, req: CheckpointRequest) -> CheckpointResult:
+        """A checkpoint the job runs on from (a periodic snapshot): frozen for the dump
+        only (as long as a move's freeze), then resumed; the images are sent while it runs."""
+        if req.target_url or req.receive_id:
+            raise CheckpointError("a snapshot goes to a directory or object storage")
+        return self._dump(req, keep_running=True)
+
+    def _dump(self, req: CheckpointRequest, *, keep_running: bool) -> CheckpointResult:
         a = self.agent
         with a.lock:
             job = a.require_job(AgentPhase.RUNNING, AgentPhase.STARTING)
@@ -152,7 +162,10 @@ class Moves:
                     freezer_path=a.cgroup.freezer_path(),
                     page_server=ps,
                     extra=sandbox.criu_dump_args() if sandbox else None,
+                    leave_running=keep_running,
                 )
+                if keep_running:
+                    self.resume_after_failure()  # thawed and reachable again: it runs on
                 local_bytes = images_size(ckpt)
                 t_x = time.monotonic()
                 if req.target_url and req.receive_id:
@@ -169,8 +182,9 @@ class Moves:
             except BaseException:
                 self.resume_after_failure()
                 raise
-            job.phase = AgentPhase.CHECKPOINTED
-            a.save()
+            if not keep_running:
+                job.phase = AgentPhase.CHECKPOINTED
+                a.save()
             return CheckpointResult(
                 freeze_s=round(freeze_s, 4),
                 dump_s=round(run.seconds, 4),

@@ -112,6 +112,10 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     def checkpoint(body: CheckpointRequest) -> CheckpointResult:
         return moves.checkpoint(body)
 
+    @app.post("/v1/snapshot", dependencies=deps)
+    def snapshot(body: CheckpointRequest) -> CheckpointResult:
+        return moves.snapshot(body)
+
     @app.post("/v1/checkpoint/abort", dependencies=deps)
     def abort() -> JobStatus:
         return moves.abort()
