@@ -183,19 +183,53 @@ MOTO_UNSET = (
 )
 
 
+def _start_moto_server() -> tuple[subprocess.Popen[bytes], int]:
+    """moto's server in a process of its own: an in-process ``mock_aws`` of another test
+    resets every moto backend of *its* process when it exits, which used to delete this
+    session's bucket under the tests still using it."""
+    import socket
+    import sys
+
+    import httpx
+
+    from waiting import wait_for_value
+
+    for _ in range(5):
+        with socket.socket() as s:  # a free port; a lost race is retried below
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answer(proc: subprocess.Popen[bytes] = proc, port: int = port) -> bool | None:
+            if proc.poll() is not None:
+                return False  # exited (the port was taken): try another
+            return httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1).is_success or None
+
+        if wait_for_value(
+            answer, lambda v: v is not None, timeout=30, interval=0.1,
+            what="moto's server to answer", ignore=(httpx.HTTPError,),
+        ):  # fmt: skip
+            return proc, port
+        proc.kill()
+        proc.wait()
+    pytest.fail("moto's server did not start (tried 5 ports)")
+
+
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[FakeS3]:
-    """moto's fake S3 — a ThreadedMotoServer on a free port, NOT AWS — with one fresh
-    bucket, for the whole session. While it runs, os.environ points boto3 and outgrow at
-    it (AWS_ENDPOINT_URL, fake credentials ``testing``, region us-east-1,
+    """moto's fake S3 — moto's server in its own process on a free port, NOT AWS — with
+    one fresh bucket, for the whole session. While it runs, os.environ points boto3 and
+    outgrow at it (AWS_ENDPOINT_URL, fake credentials ``testing``, region us-east-1,
     OUTGROW_AWS_S3_BUCKET); agents started meanwhile inherit that environment (an agent
     in a netns needs ``endpoint_from(gateway)`` instead of 127.0.0.1). Everything is
     restored at the end of the session."""
-    server_mod = pytest.importorskip("moto.server", reason="moto not installed (dev extra)")
+    pytest.importorskip("moto.server", reason="moto not installed (dev extra)")
     boto3 = pytest.importorskip("boto3", reason="boto3 not installed (aws extra)")
-    server = server_mod.ThreadedMotoServer(ip_address="0.0.0.0", port=0, verbose=False)
-    server.start()
-    port = int(server.get_host_and_port()[1])
+    proc, port = _start_moto_server()
     fake = FakeS3(f"http://127.0.0.1:{port}", port, f"outgrow-test-{secrets.token_hex(4)}")
     saved = {k: os.environ.get(k) for k in (*MOTO_ENV, *MOTO_UNSET, "AWS_ENDPOINT_URL")}
     saved["OUTGROW_AWS_S3_BUCKET"] = os.environ.get("OUTGROW_AWS_S3_BUCKET")
@@ -213,7 +247,12 @@ def moto_s3() -> Iterator[FakeS3]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from conftest import leftovers, make_settings, unique_prefix
+from conftest import free_pool, leftovers, make_settings, unique_prefix
 from cp_server import ServerProcess, free_port
 from waiting import wait_for_value, wait_until
 
@@ -209,7 +208,7 @@ class HubStack:
 @contextmanager
 def hub_stack(tmp: Path) -> Iterator[HubStack]:
     prefix = unique_prefix()
-    pool = f"198.19.{random.randint(1, 250)}.0/24"
+    pool = free_pool(prefix)
     gateway = str(next(ip_network(pool).hosts()))
     srv = ServerProcess(
         tmp, prefix, free_port(), pool, extra_env={"OUTGROW_JUPYTERHUB_USERS": HUB_ACCOUNT}

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import leftovers, unique_prefix
+from conftest import free_pool, leftovers, unique_prefix
 from cp_server import free_port
 from oci_image import docker_archive, oci_archive
 from waiting import wait_for_value
@@ -38,7 +38,7 @@ class Up:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OUTGROW_")},
             "OUTGROW_RESOURCE_PREFIX": self.prefix,
-            "OUTGROW_ADDRESS_POOL": f"198.19.{secrets.randbelow(250) + 1}.0/24",
+            "OUTGROW_ADDRESS_POOL": free_pool(self.prefix),
             "OUTGROW_ADMIN_PASSWORD": "pw-" + secrets.token_hex(8),
             "OUTGROW_IMAGE_CACHE_DIR": str(tmp / "images"),
             "OUTGROW_OCI_INSECURE_REGISTRIES": json.dumps([registry]),

@@ -8,7 +8,6 @@ the job runs on, and everything recovers by itself when the database is back, no
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 import pg as pgmod
-from conftest import leftovers, make_settings, unique_prefix
+from conftest import free_pool, leftovers, make_settings, unique_prefix
 from cp_server import ServerProcess, free_port
 from outgrow.providers.local.provider import LocalProvider
 from waiting import wait_for_value, wait_until
@@ -53,9 +52,9 @@ def cluster() -> Iterator[pgmod.PgCluster]:
 
 
 def server(tmp: Path, url: str, **env: str) -> ServerProcess:
-    pool = f"198.19.{random.randint(1, 250)}.0/24"
+    prefix = unique_prefix()
     extra = {"OUTGROW_DATABASE_URL": url, **env}
-    return ServerProcess(tmp, unique_prefix(), free_port(), pool, extra_env=extra, cli=True)
+    return ServerProcess(tmp, prefix, free_port(), free_pool(prefix), extra_env=extra, cli=True)
 
 
 class Api:

@@ -105,6 +105,26 @@ def run_in_netns_argv(netns_path: str) -> list[str]:
     return ["nsenter", f"--net={netns_path}"]
 
 
+def _drop_host_sockets(dst: str) -> None:
+    """Close the host's TCP sockets to ``dst`` (an address or the pool) at once.
+
+    A connection whose peer vanished with its namespace lingers half-closed (LAST-ACK,
+    FIN-WAIT) and the kernel retransmits its FIN for minutes; once the bridge is gone
+    those retransmissions follow the default route off this machine. Best effort:
+    ``ss -K`` needs CONFIG_INET_DIAG_DESTROY (present on Debian's kernels).
+    """
+    try:
+        proc = subprocess.run(
+            ["ss", "-K", "-tan", "dst", dst], capture_output=True, text=True,
+            timeout=IP_TIMEOUT, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not close the host's sockets to %s: %s", dst, exc)
+        return
+    if proc.returncode != 0:
+        log.warning("could not close the host's sockets to %s: %s", dst, proc.stderr.strip())
+
+
 def _ip(*args: str, what: str, ok_missing: bool = False, timeout: float = IP_TIMEOUT) -> str | None:
     """Run ``ip ARGS``; return stdout, or None if ``ok_missing`` and the object is gone.
 
@@ -265,6 +285,7 @@ class HostNetwork:
             if others:
                 log.info("bridge %s kept: instances of %s use it", self.bridge_name, others)
                 return
+            _drop_host_sockets(str(self.pool))
             _ip(
                 "link", "del", "dev", self.bridge_name,
                 what="cannot delete the bridge", ok_missing=True,
@@ -425,10 +446,13 @@ class HostNetwork:
             raise ProviderError(
                 f"instance {instance_id} belongs to the control plane of {owner}: not deleted"
             )
+        address = self._entries().get(instance_id, {}).get("address")
         _ip(
             "link", "del", "dev", self.veth_name(instance_id),
             what=f"cannot delete the network interface of instance {instance_id}", ok_missing=True,
         )  # fmt: skip
+        if address:
+            _drop_host_sockets(str(address))
         _ip(
             "netns", "del", self.netns_name(instance_id),
             what=f"cannot delete the network namespace of instance {instance_id}", ok_missing=True,
