@@ -4,6 +4,7 @@ root: the REST API (outgrow.api), the stable-URL proxy (outgrow.proxy) and the c
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -52,6 +53,35 @@ def serve(settings: Settings, *, write_credentials: bool = True) -> None:
         lock.release()
 
 
+def _answers(url: str) -> bool:
+    """Whether a control plane answers at ``url`` (its health route, 2 s at most)."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/api/v1/health", timeout=2.0).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def _save_credentials(public: str, token: str) -> str:
+    """Point the CLI at this new control plane — unless its credentials point at another
+    one that still answers (a second control plane on this host must not take the first's
+    CLI away; a dead one's are replaced). Returns the line to print."""
+    path = credentials.credentials_path()
+    try:
+        current = str(json.loads(path.read_text())["url"]).rstrip("/")
+    except (OSError, ValueError, KeyError, TypeError):
+        current = None  # none, or unreadable: replaced
+    if current is not None and current != public and _answers(current):
+        return (
+            f"  CLI credentials kept: {path} points at {current}; for this one run\n"
+            f"  `outgrow login {public}` or set OUTGROW_URL={public} and OUTGROW_TOKEN\n"
+        )
+    return (
+        f"  CLI credentials written to {credentials.save(credentials.Credentials(public, token))}\n"
+    )
+
+
 def _serve(settings: Settings, write_credentials: bool) -> None:
     import uvicorn
 
@@ -65,15 +95,12 @@ def _serve(settings: Settings, write_credentials: bool) -> None:
     boot = plane.accounts.bootstrap(settings.admin_password)
     if boot is not None:
         password, token = boot
-        where = ""
-        if write_credentials:
-            where = str(credentials.save(credentials.Credentials(public, token)))
+        saved = _save_credentials(public, token) if write_credentials else ""
         # Shown once: the password is not stored in clear anywhere.
         print(
             f"outgrow control plane: {public}\n"
             f"  console/API user: admin   password: {password}\n"
-            f"  API token: {token}\n"
-            + (f"  CLI credentials written to {where}\n" if where else ""),
+            f"  API token: {token}\n" + saved,
             file=sys.stderr,
             flush=True,
         )
