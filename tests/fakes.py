@@ -18,6 +18,7 @@ from outgrow.agentapi.models import (
     CheckpointRequest,
     CheckpointResult,
     Health,
+    ImageBody,
     JobStatus,
     LogChunk,
     Metrics,
@@ -140,7 +141,9 @@ class FakeAgent:
         self._call("release_storage")
         return StorageResult(kind=storage.kind, seconds=0.0)
 
-    def prepare_receive(self, page_server: bool = True) -> ReceiveTicket:
+    def prepare_receive(
+        self, page_server: bool = True, image: ImageBody | None = None
+    ) -> ReceiveTicket:
         self._call("prepare_receive")
         return ReceiveTicket(receive_id="rx")
 

@@ -8,7 +8,13 @@ import pytest
 from outgrow.agentapi.client import AgentClient
 from outgrow.agentapi.models import AgentPhase, ImageBody, JobStatus, StartJob
 from outgrow.domain.images import BUILTIN_IMAGES
-from outgrow.errors import AgentError, ConflictError, NotFoundError, ValidationError
+from outgrow.errors import (
+    AgentError,
+    ConflictError,
+    NotFoundError,
+    OutgrowError,
+    ValidationError,
+)
 from outgrow.orchestrator.migrate import agent, wait_job
 from outgrow.providers.local.provider import LocalProvider
 from waiting import wait_for_value, wait_until
@@ -81,5 +87,37 @@ def test_agent_api_auth_validation_and_lifecycle(local_provider: LocalProvider) 
             )
             assert st.phase == AgentPhase.FAILED and st.exit_code == 7
             assert st.message == "exited with code 7"
+    finally:
+        p.delete_instance(inst.id)
+
+
+def test_a_move_target_prepares_the_image_before_the_ticket(
+    local_provider: LocalProvider,
+) -> None:
+    """prepare_receive(image=…) makes the moving job's image present before it answers —
+    the source is not frozen yet, so fetching or unpacking it never counts as downtime,
+    and an image the target cannot get stops the move before anything freezes. Here: an
+    OCI image this host does not have, whose registry does not answer."""
+    p = local_provider
+    p.prepare_image(BUILTIN_IMAGES["python"])
+    inst = p.create_instance("lc.nano")
+    missing = ImageBody(
+        name="gone",
+        kind="python",
+        oci={"digest": "sha256:" + "0" * 64, "reference": "127.0.0.1:9/none:latest"},
+    )
+    try:
+        with agent(inst) as a:
+            with pytest.raises(OutgrowError, match=r"127\.0\.0\.1:9/none"):
+                a.prepare_receive(page_server=True, image=missing)
+            rx = a.prepare_receive(page_server=True, image=ImageBody.of(BUILTIN_IMAGES["python"]))
+            assert rx.page_server_port is not None
+            a.drop_receive(rx.receive_id)
+            assert a.job().image is None  # no job here yet
+            a.start_job(python_body("j1", "import time\ntime.sleep(60)\n"))
+            wait_job(inst)
+            # what the control plane hands a move's target
+            assert a.job().image == ImageBody.of(BUILTIN_IMAGES["python"])
+            a.stop_job(grace_s=1)
     finally:
         p.delete_instance(inst.id)

@@ -20,7 +20,7 @@ from outgrow.agent.cgroups import Cgroup, detect
 from outgrow.agent.checkpoint import Criu
 from outgrow.agent.runtime import JobDirs, JobLaunch, proc_start_ticks, read_exit_code
 from outgrow.agent.state import AgentConfig, AgentJob, load_job, load_reclaim, save_job
-from outgrow.agentapi.models import AgentPhase, JobStatus
+from outgrow.agentapi.models import AgentPhase, ImageBody, JobStatus
 from outgrow.errors import ConflictError, NotFoundError, RuntimeFailure
 
 log = logging.getLogger("outgrow.agent")
@@ -102,6 +102,7 @@ class AgentCore:
                 and (self.cfg.checkpoint_dir / "job.json").exists(),
                 image_progress=list(self.image_progress)[-10:],
                 image_progress_total=self.image_progress_total,
+                image=ImageBody.model_validate(job.image) if job.image else None,
             )
 
     def wait_jupyter(self, launch: JobLaunch, timeout: float) -> None:

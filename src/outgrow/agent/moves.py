@@ -21,9 +21,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -67,9 +68,9 @@ class Receive:
 class Moves:
     """The migration half of an agent (on the same core as its job lifecycle)."""
 
-    def __init__(self, agent: AgentCore, prepare: Callable[[AgentJob], None]):
-        """``prepare(job)``: make what the job's root is made of (its image) present here
-        before a restore."""
+    def __init__(self, agent: AgentCore, prepare: Callable[[Mapping[str, Any]], None]):
+        """``prepare(image)``: make what a job's root is made of (its image, as
+        ``AgentJob.image``) present here before a restore."""
         self.agent = agent
         self.prepare = prepare
         self.cfg = agent.cfg
@@ -249,8 +250,12 @@ class Moves:
             shutil.rmtree(self.cfg.checkpoint_dir, ignore_errors=True)
 
     # ---- target side ----------------------------------------------------------------
-    def prepare_receive(self, page_server: bool) -> ReceiveTicket:
+    def prepare_receive(
+        self, page_server: bool, image: Mapping[str, Any] | None = None
+    ) -> ReceiveTicket:
         a = self.agent
+        if image is not None:  # before the source freezes: never inside the downtime
+            self.prepare(image)
         with a.lock:
             if a.job is not None and a.job.phase.live:
                 raise ConflictError(f"instance {self.cfg.instance_id} already runs a job")
@@ -322,7 +327,7 @@ class Moves:
             if job.sandbox is None:
                 raise CheckpointError("the checkpoint has no sandbox (made by an older agent)")
             sandbox = Sandbox.from_dict(job.sandbox)
-            self.prepare(job)
+            self.prepare(job.image)
             try:
                 source = images / "source-address"
                 with (

@@ -139,7 +139,9 @@ def create_app(agent: Agent, token: str) -> FastAPI:
 
     @app.post("/v1/receive", dependencies=deps)
     def receive(body: ReceiveRequest) -> ReceiveTicket:
-        return moves.prepare_receive(body.page_server)
+        return moves.prepare_receive(
+            body.page_server, body.image.model_dump() if body.image else None
+        )
 
     @app.put("/v1/receive/{rid}/files/{name}", dependencies=deps)
     async def upload(rid: str, name: str, request: Request) -> Uploaded:

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -222,13 +223,13 @@ class Agent:
         argv = oci_command(launch, config, cache.facts(digest), inner)
         return replace(launch, argv=argv), rootfs, []
 
-    def _prepare_lower(self, job: AgentJob) -> None:
+    def _prepare_lower(self, image: Mapping[str, Any]) -> None:
         """What a restored job's root is made of, present on this instance (built or
         unpacked once per host: a no-op where the image cache is shared)."""
-        if job.image.get("oci"):
-            prepare_oci(OciCache(self.cfg.image_cache_dir), job.image["oci"], None)
+        if image.get("oci"):
+            prepare_oci(OciCache(self.cfg.image_cache_dir), image["oci"], None)
             return
-        self.images.ensure(ImageSpec.from_dict(job.image))
+        self.images.ensure(ImageSpec.from_dict(dict(image)))
         ensure_skeleton(self.cfg.image_cache_dir)
 
     def _progress(self, line: str) -> None:

@@ -24,6 +24,7 @@ from outgrow.agentapi.models import (
     CommitRequest,
     ErrorBody,
     Health,
+    ImageBody,
     JobStatus,
     LogChunk,
     Metrics,
@@ -79,7 +80,9 @@ class AgentApi(Protocol):
     def release_storage(
         self, job_id: str, storage: JobStorage, timeout: float = LONG_S
     ) -> StorageResult: ...
-    def prepare_receive(self, page_server: bool = True) -> ReceiveTicket: ...
+    def prepare_receive(
+        self, page_server: bool = True, image: ImageBody | None = None
+    ) -> ReceiveTicket: ...
     def drop_receive(self, rid: str) -> Ok: ...
     def upload(self, rid: str, path: Path) -> Uploaded: ...
     def restore(self, req: RestoreRequest, timeout: float = LONG_S) -> RestoreResult: ...
@@ -210,9 +213,13 @@ class AgentClient:
         path = "/v1/storage/release"
         return self._call(StorageResult, "POST", path, body=body, timeout=timeout)
 
-    def prepare_receive(self, page_server: bool = True) -> ReceiveTicket:
-        body = ReceiveRequest(page_server=page_server)
-        return self._call(ReceiveTicket, "POST", "/v1/receive", body=body)
+    def prepare_receive(
+        self, page_server: bool = True, image: ImageBody | None = None
+    ) -> ReceiveTicket:
+        body = ReceiveRequest(page_server=page_server, image=image)
+        # Preparing an image may fetch and unpack it: minutes, not seconds.
+        timeout = LONG_S if image is not None else None
+        return self._call(ReceiveTicket, "POST", "/v1/receive", body=body, timeout=timeout)
 
     def drop_receive(self, rid: str) -> Ok:
         return self._call(Ok, "DELETE", f"/v1/receive/{rid}")

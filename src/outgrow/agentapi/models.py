@@ -108,6 +108,8 @@ class JobStatus(_Model):
     kept_checkpoint: bool = False
     image_progress: list[str] = Field(default_factory=list)
     image_progress_total: int = 0
+    # What the job's root is made of: a move's target prepares it before the freeze.
+    image: ImageBody | None = None
 
 
 class StopJob(_Model):
@@ -187,6 +189,9 @@ class CommitRequest(_Model):
 
 class ReceiveRequest(_Model):
     page_server: bool = True
+    # The moving job's image: built, fetched or unpacked here before the ticket is given,
+    # so never inside the downtime (the source is not frozen yet).
+    image: ImageBody | None = None
 
 
 class ReceiveTicket(_Model):

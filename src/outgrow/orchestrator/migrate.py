@@ -176,7 +176,8 @@ class Migrator:
         cannot reach each other) and the provider has object storage, again through it.
         Returns the checkpoint answer, how to restore on the target, and the transfer
         URL used (None: direct). On failure the source job runs on (aborted)."""
-        rx = dst.prepare_receive(page_server=page_server)
+        # The target makes the job's image present before anything freezes.
+        rx = dst.prepare_receive(page_server=page_server, image=src.job().image)
         step("checkpointing")
         try:
             ck = src.checkpoint(
