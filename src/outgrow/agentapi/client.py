@@ -132,7 +132,9 @@ class AgentClient:
         **kw: Any,
     ) -> M:
         if body is not None:
-            kw["json"] = body.model_dump(mode="json")
+            # Defaults are left out: an agent of the previous release (instances outlive a
+            # control plane upgrade) accepts a request whose new fields are unset.
+            kw["json"] = body.model_dump(mode="json", exclude_defaults=True)
         try:
             # A long call may wait long for its answer, never long for a connection: an
             # unreachable peer (a dropped SYN) must fail in seconds, not after 900.
@@ -148,6 +150,8 @@ class AgentClient:
             data = r.text[:300]
         if r.status_code >= 400:
             raise remote_error(r.status_code, data, self.url)
+        if isinstance(data, dict):  # fields a newer agent added are not this one's business
+            data = {k: v for k, v in data.items() if k in model.model_fields}
         try:
             return model.model_validate(data)
         except ValidationError as exc:
