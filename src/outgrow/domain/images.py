@@ -38,6 +38,11 @@ HUB_KIND = "jupyterhub-singleuser"
 JUPYTER_KINDS: frozenset[str] = frozenset({"jupyter-lab", "jupyter-server", HUB_KIND})
 # The port a Jupyter image serves on when its spec does not say otherwise.
 DEFAULT_JUPYTER_PORT = 8888
+# Venv images of these kinds get outgrow's JupyterLab extension (outgrow-jupyterlab, shipped
+# in outgrow/data/labext/, docs/jupyterlab.md) at build time; its version is part of their
+# content hash, so bump it with the package's and the images are built again.
+LABEXT_KINDS: frozenset[str] = frozenset({"jupyter-lab"})
+LABEXT_VERSION = "0.1.0"
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _PKG = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
@@ -217,6 +222,8 @@ class ImageSpec:
         }
         if self.oci is not None:
             payload["oci"] = self.oci.digest
+        if self.has_labext:
+            payload["labext"] = LABEXT_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -250,6 +257,11 @@ class ImageSpec:
             docs=docs,
             default_port=self.default_port,
         )
+
+    @property
+    def has_labext(self) -> bool:
+        """Built with outgrow's JupyterLab extension (a venv image running JupyterLab)."""
+        return self.oci is None and self.kind in LABEXT_KINDS
 
     @property
     def is_jupyter(self) -> bool:
