@@ -305,6 +305,9 @@ The full JupyterLab web IDE with an IPython kernel, NumPy and pandas.
   The URL stays the same when the job is migrated to another instance.
 * **Your files**: notebooks and data live in the job workspace, the server's root
   directory. It moves with the job, together with running kernels and their memory.
+* **Memory and moves**: the status bar shows the job's memory against the limit of the
+  instance it runs on now; a notification says when the notebook was moved, why, and
+  how long it was frozen (docs/jupyterlab.md).
 * **More packages**: the image is shared read-only by every job on the host, so
   `%pip install` does not stick. Create a derived image instead, e.g.
   `--base jupyter-lab --pip 'pyarrow scikit-learn'`, and start the job from it.
