@@ -69,6 +69,15 @@ def test_write_status_is_world_readable_and_replaced_whole(tmp_path: Path) -> No
     assert [p.name for p in path.parent.iterdir()] == ["status.json"]  # no temporary left
 
 
+def test_write_status_never_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "outgrow").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError, match="symlink"):
+        write_status(JobDirs(tmp_path / "job").status_file, {"n": 1})
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_the_job_is_told_where_its_status_is() -> None:
     inside = JobDirs(Path("/x")).inside()
     launch = JobLaunch(job_id="j1", kind="jupyter-lab", python_bin_dir="/venv/bin")

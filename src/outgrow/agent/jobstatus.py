@@ -48,8 +48,11 @@ def status_body(
 
 
 def write_status(path: Path, body: dict[str, Any]) -> None:
-    """Replace ``path`` with ``body``, world-readable; its directory is made root's 0755."""
+    """Replace ``path`` with ``body``, world-readable; its directory is made root's 0755.
+    Never through a symlink (a job directory that came from elsewhere may hold one)."""
     path.parent.mkdir(mode=0o755, exist_ok=True)
+    if path.parent.is_symlink():
+        raise OSError(f"{path.parent} is a symlink")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as f:
