@@ -8,7 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PKG=src/outgrow/data/labext
 JUPYTERLAB=jupyterlab==4.6.6  # as the jupyter-lab image (domain/images.py)
-work=$(mktemp -d)
+# Always the same scratch path: the bundler's module ids depend on it, and the same path
+# gives the same output byte for byte (build/ is git-ignored).
+work=$PWD/build/labext
+rm -rf "$work"
+mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 log() { echo "[labext] $*" >&2; }
 
