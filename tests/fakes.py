@@ -19,6 +19,7 @@ from outgrow.agentapi.models import (
     CheckpointResult,
     Health,
     ImageBody,
+    JobNote,
     JobStatus,
     LogChunk,
     Metrics,
@@ -80,6 +81,10 @@ class FakeAgent:
     def stop_job(self, grace_s: float = 5.0) -> JobStatus:
         self._call("stop_job")
         self.status = self.status.model_copy(update={"phase": AgentPhase.STOPPED})
+        return self.status
+
+    def note_job(self, note: JobNote) -> JobStatus:
+        self._call("note_job")
         return self.status
 
     def forget_job(self) -> Ok:

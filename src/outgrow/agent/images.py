@@ -8,6 +8,8 @@ only once ``.complete`` exists; a directory without it is a crashed build and is
 Lock files are left in place (removing them would race with waiters).
 
 pip runs with the host's own configuration (pip.conf, ``PIP_*``); nothing is overridden.
+A JupyterLab image also gets outgrow's extension (``outgrow/data/labext``, a local package
+whose lab half is prebuilt: docs/jupyterlab.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from outgrow.errors import CancelledError, ImageBuildError, NotFoundError, Valid
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+LABEXT_DIR = Path(__file__).resolve().parent.parent / "data" / "labext"
 _HASH_RE = re.compile(r"[0-9a-f]{16}")
 
 
@@ -307,6 +310,10 @@ class ImageCache:
             # kernel's shebang length limit.
             cmd = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
             self._run(b, [*cmd, "--progress-bar", "off", *spec.pip], "pip install")
+        if spec.has_labext:
+            b.say(f"installing outgrow's JupyterLab extension from {LABEXT_DIR}")
+            cmd = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+            self._run(b, [*cmd, "--progress-bar", "off", str(LABEXT_DIR)], "pip install labext")
         code = "import json, platform, importlib.metadata as m; print(json.dumps(["
         code += "platform.python_version(), "
         code += "sorted(f'{d.name}=={d.version}' for d in m.distributions())]))"

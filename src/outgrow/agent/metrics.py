@@ -17,9 +17,15 @@ METRICS_KEEP = 3600  # one hour of 1 s samples
 
 
 class Sampler:
-    def __init__(self, cgroup: Cgroup, interval: float = 1.0):
+    def __init__(
+        self,
+        cgroup: Cgroup,
+        interval: float = 1.0,
+        on_sample: Callable[[MetricsSample], None] | None = None,
+    ):
         self.cgroup = cgroup
         self.interval = interval
+        self.on_sample = on_sample  # called with every recorded sample (the status file)
         self._samples: deque[MetricsSample] = deque(maxlen=METRICS_KEEP)
         self._last_cpu: tuple[float, int] | None = None
 
@@ -55,6 +61,8 @@ class Sampler:
         s = self.sample()
         if s is not None:
             self._samples.append(s)
+            if self.on_sample is not None:
+                self.on_sample(s)
 
     def since(self, t: float) -> list[MetricsSample]:
         return [s for s in list(self._samples) if s.t > t]

@@ -89,6 +89,11 @@ class JobDirs:
         return self.root / "ipython"
 
     @property
+    def status_file(self) -> Path:
+        """The job's status, written by the agent, read-only for the job (jobstatus.py)."""
+        return self.root / "outgrow" / "status.json"
+
+    @property
     def stdout(self) -> Path:
         return self.logs / "stdout.log"
 
@@ -272,6 +277,7 @@ def job_env(launch: JobLaunch, dirs: JobDirs) -> dict[str, str]:
         "OUTGROW_JOB_DIR": str(dirs.root),
         "OUTGROW_WORKSPACE": WORKSPACE,
         "OUTGROW_LOG_PATH": str(dirs.logs),
+        "OUTGROW_STATUS_FILE": str(dirs.status_file),
         "FLOAT_JOB_ID": launch.job_id,
         "FLOAT_LOG_PATH": str(dirs.logs),
         "JUPYTER_RUNTIME_DIR": str(dirs.jupyter_runtime),

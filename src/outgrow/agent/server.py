@@ -22,6 +22,7 @@ from outgrow.agentapi.models import (
     CommitRequest,
     ErrorBody,
     Health,
+    JobNote,
     JobStatus,
     LogChunk,
     Metrics,
@@ -90,6 +91,10 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     @app.post("/v1/job/stop", dependencies=deps)
     def stop(body: StopJob) -> JobStatus:
         return agent.stop_job(body.grace_s)
+
+    @app.post("/v1/job/note", dependencies=deps)
+    def note(body: JobNote) -> JobStatus:
+        return agent.note_job(body)
 
     @app.delete("/v1/job", dependencies=deps)
     def forget() -> Ok:

@@ -21,6 +21,7 @@ from typing import Any
 from outgrow import __version__
 from outgrow.agent.core import AgentCore
 from outgrow.agent.images import ImageCache
+from outgrow.agent.jobstatus import WRITTEN_IN, status_body, write_status
 from outgrow.agent.jobstorage import mount_job_dir, release_job_dir
 from outgrow.agent.metrics import Sampler, watch_oom
 from outgrow.agent.moves import Moves
@@ -47,8 +48,10 @@ from outgrow.agent.state import AgentConfig, AgentJob, save_reclaim
 from outgrow.agentapi.models import (
     AgentPhase,
     Health,
+    JobNote,
     JobStatus,
     LogChunk,
+    MetricsSample,
     ReclaimAnswer,
     StartJob,
     StorageResult,
@@ -88,7 +91,7 @@ class Agent:
         self.core = AgentCore(cfg)
         self.images = ImageCache(cfg.image_cache_dir)
         self.moves = Moves(self.core, self._prepare_lower)
-        self.sampler = Sampler(self.core.cgroup, cfg.sample_interval)
+        self.sampler = Sampler(self.core.cgroup, cfg.sample_interval, self._write_status)
         self._stop = threading.Event()
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -252,6 +255,38 @@ class Agent:
                 job.phase, job.message = AgentPhase.STOPPED, "stopped"
             core.save()
             return core.job_status()
+
+    # ---- the job's status file (jobstatus.py) -----------------------------------------
+    def note_job(self, note: JobNote) -> JobStatus:
+        """The control plane tells the job where it runs: kept with the job (it moves with
+        it), written into its status file at once. A note without a move keeps the last."""
+        with self.core.lock:
+            job = self.core.require_job()
+            if job.job_id != note.job_id:
+                raise ConflictError(f"instance {self.cfg.instance_id} runs job {job.job_id}")
+            old = job.note or {}
+            job.note = {
+                "instance_type": note.instance_type or old.get("instance_type", ""),
+                "last_move": (
+                    note.last_move.model_dump() if note.last_move else old.get("last_move")
+                ),
+            }
+            self.core.save()
+        try:
+            self.sampler.record()  # writes the status file with the note
+        except OutgrowError as exc:
+            log.debug("sampling for the status of job %s: %s", note.job_id, exc)
+        return self.core.job_status()
+
+    def _write_status(self, sample: MetricsSample) -> None:
+        job = self.core.job
+        if job is None or job.phase not in WRITTEN_IN:
+            return
+        body = status_body(job.job_id, self.cfg.instance_id, job.note, sample)
+        try:
+            write_status(self.core.dirs_for(job.job_id).status_file, body)
+        except OSError as exc:
+            log.debug("writing the status of job %s: %s", job.job_id, exc)
 
     def forget_job(self) -> None:
         with self.core.lock:

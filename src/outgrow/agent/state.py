@@ -71,6 +71,8 @@ class AgentJob:
     oom_stalled_at: float | None = None
     restored: bool = False
     sandbox: dict[str, Any] | None = None  # agent.sandbox.Sandbox: what a restore re-creates
+    # agentapi JobNote (instance type, last move): for the job's status file (jobstatus.py)
+    note: dict[str, Any] | None = None
 
     @property
     def job_id(self) -> str:
@@ -95,6 +97,7 @@ class AgentJob:
             oom_stalled_at=d.get("oom_stalled_at"),
             restored=d.get("restored", False),
             sandbox=d.get("sandbox"),
+            note=d.get("note"),
         )
 
 

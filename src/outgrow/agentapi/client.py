@@ -25,6 +25,7 @@ from outgrow.agentapi.models import (
     ErrorBody,
     Health,
     ImageBody,
+    JobNote,
     JobStatus,
     LogChunk,
     Metrics,
@@ -65,6 +66,7 @@ class AgentApi(Protocol):
     def start_job(self, body: StartJob) -> JobStatus: ...
     def job(self) -> JobStatus: ...
     def stop_job(self, grace_s: float = 5.0) -> JobStatus: ...
+    def note_job(self, note: JobNote) -> JobStatus: ...
     def forget_job(self) -> Ok: ...
     def logs(self, stream: str = "stdout", offset: int = 0) -> LogChunk: ...
     def reclaim_notice(self, in_s: float, source: str = "provider") -> ReclaimAnswer: ...
@@ -175,6 +177,10 @@ class AgentClient:
 
     def forget_job(self) -> Ok:
         return self._call(Ok, "DELETE", "/v1/job")
+
+    def note_job(self, note: JobNote) -> JobStatus:
+        """Tell the job where it runs (its instance type, its last move)."""
+        return self._call(JobStatus, "POST", "/v1/job/note", body=note)
 
     def logs(self, stream: str = "stdout", offset: int = 0) -> LogChunk:
         params = {"stream": stream, "offset": offset}

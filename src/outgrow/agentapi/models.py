@@ -112,6 +112,27 @@ class JobStatus(_Model):
     image: ImageBody | None = None
 
 
+class MoveNote(_Model):
+    """A move of the job as its user is told (the job's status file, docs/jupyterlab.md)."""
+
+    at: float  # when it ended (epoch seconds); it tells one move from the next
+    reason: str = Field("", max_length=500)
+    from_type: str = Field("", max_length=100)
+    to_type: str = Field("", max_length=100)
+    downtime_s: float | None = None
+    to_mem_bytes: int | None = None  # the new instance type's memory
+
+
+class JobNote(_Model):
+    """What the control plane tells the job of where it runs: its instance type and the
+    last move. The agent keeps it with the job and writes it, with the cgroup's memory
+    limit and use, into the job's status file (docs/jupyterlab.md)."""
+
+    job_id: str = Field(pattern=JOB_ID)
+    instance_type: str = Field("", max_length=100)
+    last_move: MoveNote | None = None
+
+
 class StopJob(_Model):
     grace_s: float = Field(5.0, ge=0, le=300)
 

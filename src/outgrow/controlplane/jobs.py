@@ -26,6 +26,8 @@ from outgrow.agentapi.models import (
     AgentPhase,
     CheckpointRequest,
     ImageBody,
+    JobNote,
+    MoveNote,
     RestoreRequest,
     StartJob,
 )
@@ -231,8 +233,19 @@ class JobActions:
                 self._to(job_id, S.FAIL_TO_EXECUTE, str(exc))
             return
         self._to(job_id, S.EXECUTING, "job running")
+        self._note(job_id, inst)
         if st.phase != AgentPhase.RUNNING:  # a short batch job may end before we look
             self.finish(job_id, st.phase, st.exit_code, st.message)
+
+    def _note(self, job_id: str, inst: InstanceInfo, move: MoveNote | None = None) -> None:
+        """Tell the job where it runs now (its status file, docs/jupyterlab.md); a job
+        that is not told runs on all the same."""
+        note = JobNote(job_id=job_id, instance_type=inst.type.name, last_move=move)
+        try:
+            with self.connect(inst, 30.0) as a:
+                a.note_job(note)
+        except OutgrowError as exc:
+            log.warning("could not tell job %s where it runs: %s", job_id, exc)
 
     # ---- migrate ----------------------------------------------------------------------
     def migrate(
@@ -305,6 +318,15 @@ class JobActions:
             target_instance=target_inst.id,
         )
         self._to(job_id, S.EXECUTING, f"running on {target_inst.id} ({target.name}) after {reason}")
+        move = MoveNote(
+            at=time.time(),
+            reason=reason[:500],
+            from_type=result.from_type,
+            to_type=result.to_type,
+            downtime_s=result.downtime_s,
+            to_mem_bytes=target_inst.type.memory_bytes,
+        )
+        self._note(job_id, target_inst, move)
 
     # ---- suspend / resume -------------------------------------------------------------
     def suspend(self, job_id: str, reason: str, ended: str = "released") -> None:
@@ -381,6 +403,7 @@ class JobActions:
             job_id, current_instance_id=inst.id, checkpoint_dir=None, last_migration_at=time.time()
         )
         self._to(job_id, S.EXECUTING, f"restored on {inst.id} ({itype.name}) at {inst.address}")
+        self._note(job_id, inst)
 
     def evacuate(self, job_id: str, target: InstanceType, reason: str) -> None:
         """A spot reclaim with no time to create a target first: checkpoint at once (the

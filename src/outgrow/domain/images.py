@@ -38,6 +38,11 @@ HUB_KIND = "jupyterhub-singleuser"
 JUPYTER_KINDS: frozenset[str] = frozenset({"jupyter-lab", "jupyter-server", HUB_KIND})
 # The port a Jupyter image serves on when its spec does not say otherwise.
 DEFAULT_JUPYTER_PORT = 8888
+# Venv images of these kinds get outgrow's JupyterLab extension (outgrow-jupyterlab, shipped
+# in outgrow/data/labext/, docs/jupyterlab.md) at build time; its version is part of their
+# content hash, so bump it with the package's and the images are built again.
+LABEXT_KINDS: frozenset[str] = frozenset({"jupyter-lab"})
+LABEXT_VERSION = "0.1.0"
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _PKG = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
@@ -217,6 +222,8 @@ class ImageSpec:
         }
         if self.oci is not None:
             payload["oci"] = self.oci.digest
+        if self.has_labext:
+            payload["labext"] = LABEXT_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -250,6 +257,11 @@ class ImageSpec:
             docs=docs,
             default_port=self.default_port,
         )
+
+    @property
+    def has_labext(self) -> bool:
+        """Built with outgrow's JupyterLab extension (a venv image running JupyterLab)."""
+        return self.oci is None and self.kind in LABEXT_KINDS
 
     @property
     def is_jupyter(self) -> bool:
@@ -293,6 +305,9 @@ The full JupyterLab web IDE with an IPython kernel, NumPy and pandas.
   The URL stays the same when the job is migrated to another instance.
 * **Your files**: notebooks and data live in the job workspace, the server's root
   directory. It moves with the job, together with running kernels and their memory.
+* **Memory and moves**: the status bar shows the job's memory against the limit of the
+  instance it runs on now; a notification says when the notebook was moved, why, and
+  how long it was frozen (docs/jupyterlab.md).
 * **More packages**: the image is shared read-only by every job on the host, so
   `%pip install` does not stick. Create a derived image instead, e.g.
   `--base jupyter-lab --pip 'pyarrow scikit-learn'`, and start the job from it.
