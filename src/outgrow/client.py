@@ -49,6 +49,7 @@ from outgrow.domain.jobs import (
     UserView,
 )
 from outgrow.domain.oci import suggest_name
+from outgrow.domain.snapshots import SnapshotResult, SnapshotView
 from outgrow.domain.states import TERMINAL_STATES
 from outgrow.errors import (
     AuthError,
@@ -394,6 +395,21 @@ class Client:
 
     def cancel(self, ref: str) -> JobView:
         return self._action(ref, "cancel")
+
+    def snapshot(self, ref: str, timeout: float = 1800) -> SnapshotResult:
+        """Take a snapshot of the running job now; returns once it is stored."""
+        path = self._job(ref) + "/snapshots"
+        return self._model(SnapshotResult, "POST", path, timeout=timeout)
+
+    def snapshots(self, ref: str) -> list[SnapshotView]:
+        """The job's snapshots, oldest first."""
+        return self._models(SnapshotView, "GET", self._job(ref) + "/snapshots")
+
+    def restore(self, ref: str, snapshot: str, timeout: float = 1800) -> JobView:
+        """Roll the running job back to ``snapshot`` (on a fresh instance); returns once it
+        runs from it. On failure (an error) the job runs on as it was."""
+        path = self._job(ref) + "/restore"
+        return self._model(JobView, "POST", path, json={"snapshot": snapshot}, timeout=timeout)
 
     def restart(self, ref: str) -> JobView:
         return self._action(ref, "restart")

@@ -9,6 +9,7 @@ queueing. The work is done by the parts it wires together:
     actions    the long job actions (start, migrate, suspend, resume, cancel, …)
     workers    one action per job at a time
     scheduler  samples + rules → actions;  reconciler: start-up repair
+    snapshots  periodic / manual snapshots, rollback, recovery after a host restart
     views      what the API shows
 
 A job is visible to its owner and to admins; to anybody else it does not exist
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 from outgrow.controlplane.accounts import Accounts
@@ -30,6 +32,7 @@ from outgrow.controlplane.jobs import JobActions
 from outgrow.controlplane.lifecycle import Lifecycle
 from outgrow.controlplane.reconcile import Reconciler
 from outgrow.controlplane.scheduler import Scheduler
+from outgrow.controlplane.snapshots import Snapshots
 from outgrow.controlplane.views import Views, downsample
 from outgrow.controlplane.workers import Workers
 from outgrow.domain.instance_types import InstanceType
@@ -49,6 +52,7 @@ from outgrow.domain.policy import (
     parse_migrate_policy,
     parse_vm_policy,
 )
+from outgrow.domain.snapshots import SnapshotResult, SnapshotView
 from outgrow.domain.states import check_action, check_restart, parse_state
 from outgrow.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import Connect, Migrator, agent
@@ -58,6 +62,7 @@ from outgrow.store import JobRecord, Store
 
 JUPYTER_IDLE_DEFAULT_S = 2 * 3600.0
 USER_ACTION_WAIT_S = 10.0
+SNAPSHOT_WAIT_S = 1800.0  # a user waits for a snapshot or a rollback of a big job
 
 
 class ControlPlane:
@@ -92,6 +97,19 @@ class ControlPlane:
             self.images,
             token=self.workers.token,
         )
+        self.snapshots = Snapshots(
+            store,
+            provider,
+            connect,
+            self.lifecycle,
+            self.instances,
+            self.jobdirs,
+            self.images,
+            self.workers,
+            keep=settings.checkpoint_keep,
+            default_interval_s=settings.checkpoint_interval,
+            on_cancelled=self.actions.interrupted,
+        )
         self.scheduler = Scheduler(
             store,
             provider,
@@ -102,6 +120,7 @@ class ControlPlane:
             self.images,
             self.stopping,
             settings.metrics_retention_days * 86400,
+            self.snapshots,
         )
         self.reconciler = Reconciler(
             store,
@@ -112,6 +131,7 @@ class ControlPlane:
             self.jobdirs,
             self.actions,
             self.workers,
+            self.snapshots,
         )
         public = public_url or f"http://{settings.host}:{settings.port}"
         self.views = Views(
@@ -310,6 +330,34 @@ class ControlPlane:
         fn = getattr(self.actions, action)
         if not self.workers.run(rec.id, fn, *args, wait=USER_ACTION_WAIT_S):
             raise ConflictError(f"job {rec.name} is busy with another action")
+        return self.view(rec.id)
+
+    def snapshot(self, actor: UserView, ref: str) -> SnapshotResult:
+        """Take a snapshot of a running job now; returns once it is stored."""
+        rec = self._find(actor, ref)
+        check_action("snapshot", rec.status)
+        done: Future[SnapshotResult] = Future()
+        if not self.workers.run(
+            rec.id, self.snapshots.take, "manual", done, wait=USER_ACTION_WAIT_S
+        ):
+            raise ConflictError(f"job {rec.name} is busy with another action")
+        return done.result(timeout=SNAPSHOT_WAIT_S)
+
+    def list_snapshots(self, actor: UserView, ref: str) -> list[SnapshotView]:
+        return self.store.snapshots(self._find(actor, ref).id)
+
+    def restore(self, actor: UserView, ref: str, snapshot_id: str) -> JobView:
+        """Roll a running job back to one of its snapshots (on a fresh instance); returns
+        once it runs from it. On failure the job runs on as it was (the error says why)."""
+        rec = self._find(actor, ref)
+        self.store.snapshot_location(rec.id, snapshot_id)  # NotFoundError names it
+        check_action("restore", rec.status)
+        self.snapshots.check_restorable(rec)
+        done: Future[None] = Future()
+        args = (snapshot_id, actor.name, done)
+        if not self.workers.run(rec.id, self.snapshots.restore, *args, wait=USER_ACTION_WAIT_S):
+            raise ConflictError(f"job {rec.name} is busy with another action")
+        done.result(timeout=SNAPSHOT_WAIT_S)
         return self.view(rec.id)
 
     def suspend(self, actor: UserView, ref: str) -> JobView:
