@@ -200,7 +200,10 @@ class Reconciler:
             try:
                 self.provider.restart_agent(instance_id)  # the agent re-adopts its job
             except OutgrowError as exc:
+                # No agent to ask (after a host restart its network is gone too: a
+                # connection would follow the default route off the machine).
                 log.warning("restarting the agent of %s: %s", instance_id, exc)
+                return inst, Observed()
         try:
             with self.connect(inst, 5.0) as a:
                 st = a.job()

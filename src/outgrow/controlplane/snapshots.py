@@ -181,12 +181,17 @@ class Snapshots:
         where = self.provider.checkpoint_location(job_id, f"snapshot-{sid}")
         at = datetime.now(UTC)
         t0 = time.monotonic()
+        # The proxy holds the job's websockets meanwhile (the agent cuts every outside
+        # connection before the dump) and re-attaches them once the job runs on.
+        self.lifecycle.before_checkpoint(job_id)
         try:
             with self.connect(inst, 30.0) as a:
                 ck = a.snapshot(CheckpointRequest.into(where))
         except BaseException:
             self._drop_location(where)
             raise
+        finally:
+            self.lifecycle.after_checkpoint(job_id)
         view = self.store.add_snapshot(
             job_id,
             sid,
