@@ -28,6 +28,9 @@ from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
+COUNTER = (
+    "import time\ni = 0\nwhile True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.1)\n"
+)
 RESTORED = re.compile(
     r"restored from checkpoint of (\d\d:\d\d:\d\d) after host restart \(lost (\d+) s of work\)"
 )
@@ -97,6 +100,10 @@ def test_outgrow_up_after_a_host_restart_restores_the_notebook_from_its_last_sna
         c = Client(srv.api.removesuffix("/api/v1"), srv.token(), timeout=60)
         spec = {"name": "nb", "image": "jupyter-server", "cpu": "0.5", "mem": "0.5"}
         ref = c.submit(spec).id
+        # A batch job: no snapshots unless it asks for them; it cannot come back.
+        batch = c.submit(
+            {"name": "count", "image": "python", "script": COUNTER, "cpu": "0.25", "mem": "0.25"}
+        ).id
         view = wait_for_value(
             lambda: c.job(ref),
             lambda j: j.status == "Executing",
@@ -133,10 +140,23 @@ def test_outgrow_up_after_a_host_restart_restores_the_notebook_from_its_last_sna
             what="a metric sample of the job 3 s after the snapshot",
         )
 
+        counted = wait_for_value(
+            lambda: c.logs(batch)["data"].split(),
+            lambda lines: len(lines) >= 5,
+            timeout=120,
+            what="the batch job to print 5 lines",
+        )
+        assert c.snapshots(batch) == []
+
         srv.kill9()
         gone = simulate_reboot(tmp_path, prefix)
         assert first in gone
-        assert leftovers(prefix, str(tmp_path)) == [], "the simulated reboot left something"
+        wait_until(  # a loop device is detached once the kernel lets it go
+            lambda: leftovers(prefix, str(tmp_path)) == [],
+            timeout=30,
+            what="the simulated reboot to leave nothing of the instances",
+            context=lambda: str(leftovers(prefix, str(tmp_path))),
+        )
 
         t0 = time.monotonic()
         srv.start()  # `outgrow up` on the same data dir, after the reboot
@@ -160,6 +180,17 @@ def test_outgrow_up_after_a_host_restart_restores_the_notebook_from_its_last_sna
         assert m.group(1) == snap.time.strftime("%H:%M:%S")
         assert int(m.group(2)) >= 3, event.reason
         print(f"restored after the restart in {restore_s:.1f} s (`outgrow up` to Executing)")
+
+        # The batch job had no snapshot: it failed, and says so; its logs are kept.
+        failed = wait_for_value(
+            lambda: c.job(batch),
+            lambda j: j.status != "Executing",
+            timeout=60,
+            what=f"job {batch} to leave Executing",
+        )
+        assert (failed.status, failed.status_reason) == ("FailToComplete", "instance lost")
+        kept = c.logs(batch)["data"].split()
+        assert kept[: len(counted)] == counted, "the batch job's log was not kept"
 
         ks = KernelSession(base, c.token or "", kid)  # the same kernel, restored
         out = ks.run("print(x)")
