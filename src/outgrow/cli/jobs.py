@@ -1,5 +1,5 @@
 """Job commands, through the control plane's API: submit, ls, show, log, migrate, modify,
-suspend, resume, cancel, restart."""
+suspend, resume, cancel, restart (snapshots: cli/snapshots.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from outgrow.cli.jobspec import (
     click_callback,
     load_job_file,
     merge_fields,
+    parse_checkpoint_interval,
     parse_cidrs,
     parse_env,
     parse_idle,
@@ -111,6 +112,13 @@ def policy_options(f: Any) -> Any:
     help="OCI images: run the image's own JupyterLab or Jupyter Server (outgrow's token "
     "and stable URL) instead of its command.",
 )
+@click.option(
+    "--checkpoint-interval",
+    callback=click_callback(parse_checkpoint_interval),
+    metavar="DURATION",
+    help="Snapshot the running job this often (15m, 1h, 900; 0 or off: never). Default: "
+    "every 15 min for Jupyter jobs, off for batch jobs.",
+)
 @click.option("--template", metavar="NAME", help="Start from a saved template.")
 @wait_option
 @json_option
@@ -129,6 +137,7 @@ def submit(
     allow_cidr: list[str] | None,
     script_path: Path | None,
     jupyter: str | None,
+    checkpoint_interval: float | None,
     template: str | None,
     wait: bool,
     wait_timeout: float,
@@ -150,6 +159,7 @@ def submit(
         "allow_cidr": allow_cidr,
         "script": read_script(script_path) if script_path is not None else None,
         "jupyter": jupyter,
+        "checkpoint_interval": checkpoint_interval,
     }
     data = merge_fields(load_job_file(job_file) if job_file else {}, flags)
     with connect() as c:

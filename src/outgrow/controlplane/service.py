@@ -135,7 +135,13 @@ class ControlPlane:
         )
         public = public_url or f"http://{settings.host}:{settings.port}"
         self.views = Views(
-            store, provider, self.images, public, settings.agent_port, self.scheduler.last_sample
+            store,
+            provider,
+            self.images,
+            public,
+            settings.agent_port,
+            self.scheduler.last_sample,
+            settings.checkpoint_interval,
         )
 
     # ---- lifecycle ------------------------------------------------------------------

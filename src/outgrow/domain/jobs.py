@@ -280,6 +280,9 @@ class JobView(BaseModel):
     # "resume", "cancel", "restart", "open"), so clients need not mirror the state machine.
     actions: list[str] = Field(default_factory=list)
     security_group: list[dict[str, Any]] = []  # inbound rules, in order (domain/security.py)
+    # Seconds between periodic snapshots that apply to the job (its own, or the default
+    # for its kind); 0: off.
+    checkpoint_interval_s: float = 0.0
 
 
 class UserView(BaseModel):
