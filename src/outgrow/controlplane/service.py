@@ -21,7 +21,8 @@ from __future__ import annotations
 import secrets
 import threading
 from concurrent.futures import Future
-from typing import Any
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 from outgrow.controlplane.accounts import Accounts
 from outgrow.controlplane.hub import HubJobs
@@ -54,7 +55,7 @@ from outgrow.domain.policy import (
 )
 from outgrow.domain.snapshots import SnapshotResult, SnapshotView
 from outgrow.domain.states import check_action, check_restart, parse_state
-from outgrow.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from outgrow.errors import AuthError, CheckpointError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import Connect, Migrator, agent
 from outgrow.providers.base import Provider
 from outgrow.settings import Settings
@@ -63,6 +64,19 @@ from outgrow.store import JobRecord, Store
 JUPYTER_IDLE_DEFAULT_S = 2 * 3600.0
 USER_ACTION_WAIT_S = 10.0
 SNAPSHOT_WAIT_S = 1800.0  # a user waits for a snapshot or a rollback of a big job
+
+
+T = TypeVar("T")
+
+
+def _outcome(done: Future[T], what: str) -> T:
+    """The result of a job action a user waits for (its error, raised here)."""
+    try:
+        return done.result(timeout=SNAPSHOT_WAIT_S)
+    except FutureTimeout:
+        raise CheckpointError(
+            f"{what} is still running after {SNAPSHOT_WAIT_S:g} s; see the job's events"
+        ) from None
 
 
 class ControlPlane:
@@ -347,7 +361,7 @@ class ControlPlane:
             rec.id, self.snapshots.take, "manual", done, wait=USER_ACTION_WAIT_S
         ):
             raise ConflictError(f"job {rec.name} is busy with another action")
-        return done.result(timeout=SNAPSHOT_WAIT_S)
+        return _outcome(done, f"the snapshot of job {rec.name}")
 
     def list_snapshots(self, actor: UserView, ref: str) -> list[SnapshotView]:
         return self.store.snapshots(self._find(actor, ref).id)
@@ -363,7 +377,7 @@ class ControlPlane:
         args = (snapshot_id, actor.name, done)
         if not self.workers.run(rec.id, self.snapshots.restore, *args, wait=USER_ACTION_WAIT_S):
             raise ConflictError(f"job {rec.name} is busy with another action")
-        done.result(timeout=SNAPSHOT_WAIT_S)
+        _outcome(done, f"the rollback of job {rec.name}")
         return self.view(rec.id)
 
     def suspend(self, actor: UserView, ref: str) -> JobView:
