@@ -375,11 +375,13 @@ class Client:
         migrate_policy: str | None = None,
         vm_policy: str | None = None,
         idle_timeout_s: float | None = None,
+        checkpoint_interval: float | str | None = None,
     ) -> JobView:
         body = {
             "migrate_policy": migrate_policy,
             "vm_policy": vm_policy,
             "idle_timeout_s": idle_timeout_s,
+            "checkpoint_interval": checkpoint_interval,
         }
         body = {k: v for k, v in body.items() if v is not None}
         return self._model(JobView, "PATCH", self._job(ref), json=body)

@@ -74,6 +74,13 @@ def test_periodic_manual_retention_rollback(tmp_path: Path) -> None:
         )
         assert len(c.snapshots(batch)) == 2
         assert c.snapshots(nb) == []  # its interval is off
+        modified = c.modify(nb, checkpoint_interval="30m")
+        assert modified.checkpoint_interval_s == modified.spec.checkpoint_interval == 1800
+        r = httpx.patch(
+            f"{s.api}/jobs/{nb}", headers=s.headers(), json={"checkpoint_interval": "often"}
+        )
+        assert r.status_code == 422 and r.json()["field"] == "checkpoint_interval", r.text
+        assert c.modify(nb, checkpoint_interval="off").checkpoint_interval_s == 0
 
         # 2. Manual snapshots of the notebook; retention drops the oldest.
         first = view.instance.id

@@ -177,7 +177,14 @@ def create_api(plane: ControlPlane) -> FastAPI:
 
     @api.patch("/jobs/{ref}")
     def modify(ref: JobRef, body: ModifyBody, user: User, cp: Plane) -> JobView:
-        return cp.modify(user, ref, body.migrate_policy, body.vm_policy, body.idle_timeout_s)
+        return cp.modify(
+            user,
+            ref,
+            body.migrate_policy,
+            body.vm_policy,
+            body.idle_timeout_s,
+            body.checkpoint_interval,
+        )
 
     @api.delete("/jobs/{ref}", status_code=204)
     def delete_job(ref: JobRef, user: User, cp: Plane) -> Response:

@@ -53,7 +53,7 @@ from outgrow.domain.policy import (
     parse_migrate_policy,
     parse_vm_policy,
 )
-from outgrow.domain.snapshots import SnapshotResult, SnapshotView
+from outgrow.domain.snapshots import SnapshotResult, SnapshotView, parse_interval
 from outgrow.domain.states import check_action, check_restart, parse_state
 from outgrow.errors import AuthError, CheckpointError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import Connect, Migrator, agent
@@ -325,6 +325,7 @@ class ControlPlane:
         migrate_policy: str | None = None,
         vm_policy: str | None = None,
         idle_timeout_s: float | None = None,
+        checkpoint_interval: float | str | None = None,
     ) -> JobView:
         rec = self._find(actor, ref)
         check_action("modify", rec.status)
@@ -337,6 +338,14 @@ class ControlPlane:
             if idle_timeout_s < 0:
                 raise ValidationError("idle timeout must be >= 0", field="idle_timeout_s")
             update["idle_timeout_s"] = idle_timeout_s
+        if checkpoint_interval is not None:
+            seconds = parse_interval(checkpoint_interval)
+            if seconds is None:
+                raise ValidationError(
+                    "checkpoint_interval: give a duration (15m, 900) or off",
+                    field="checkpoint_interval",
+                )
+            update["checkpoint_interval"] = seconds
         if not update:
             raise ValidationError("nothing to modify", field="migrate_policy")
         self.store.update_job(rec.id, spec=rec.spec.model_copy(update=update))
