@@ -288,6 +288,10 @@ class AwsProvider(Provider):
         store = self._store()
         return url_of(store.bucket, store.key("suspend", job_id, checkpoint_id))
 
+    def checkpoint_location(self, job_id: str, checkpoint_id: str) -> str:
+        """Where a suspend checkpoint or a snapshot is kept: S3 (the instance goes away)."""
+        return self.checkpoint_url(job_id, checkpoint_id)
+
     def transfer_url(self, job_id: str, checkpoint_id: str) -> str | None:
         """``s3://bucket/<prefix>/<cluster>/transfer/<job>/<checkpoint>.tar`` when a bucket
         is configured (the lifecycle rule expires leftovers after a day), else None."""
