@@ -1047,7 +1047,7 @@ def test_moto_registered_as_aws_provider(
 
 
 def test_suspend_checkpoints_and_snapshots_are_kept_in_s3(provider: AwsProvider) -> None:
-    """Regression: the provider named its S3 location ``checkpoint_url`` only, so the
+    """Regression: the provider's S3 location was named ``checkpoint_url``, so the
     interface's ``checkpoint_location`` (what suspend and snapshots ask) refused."""
     url = provider.checkpoint_location("j1", "snapshot-0123456789")
     assert url == "s3://og-test/outgrow/test/suspend/j1/snapshot-0123456789.tar"

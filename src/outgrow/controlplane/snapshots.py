@@ -353,13 +353,14 @@ class Snapshots:
         if rec.status != S.FLOATING:
             return
         snaps = list(reversed(self.store.snapshots(job_id)))
-        itype = (
-            self.instances.catalog.get(lost_type) if lost_type else self.instances.initial_type(rec)
-        )
         cancel = self.workers.token(job_id)
         errors: list[str] = []
         t0 = time.monotonic()
         try:
+            try:
+                itype = self.instances.catalog.get(lost_type or "")
+            except OutgrowError:  # gone from the catalog since: the size it asks for
+                itype = self.instances.initial_type(rec)
             inst = self.instances.create(rec, itype, cancel=cancel)
         except CancelledError as exc:
             self.on_cancelled(job_id, exc)
