@@ -49,6 +49,7 @@ from outgrow.domain.jobs import (
     UserView,
 )
 from outgrow.domain.oci import suggest_name
+from outgrow.domain.snapshots import SnapshotResult, SnapshotView
 from outgrow.domain.states import TERMINAL_STATES
 from outgrow.errors import (
     AuthError,
@@ -374,11 +375,13 @@ class Client:
         migrate_policy: str | None = None,
         vm_policy: str | None = None,
         idle_timeout_s: float | None = None,
+        checkpoint_interval: float | str | None = None,
     ) -> JobView:
         body = {
             "migrate_policy": migrate_policy,
             "vm_policy": vm_policy,
             "idle_timeout_s": idle_timeout_s,
+            "checkpoint_interval": checkpoint_interval,
         }
         body = {k: v for k, v in body.items() if v is not None}
         return self._model(JobView, "PATCH", self._job(ref), json=body)
@@ -394,6 +397,21 @@ class Client:
 
     def cancel(self, ref: str) -> JobView:
         return self._action(ref, "cancel")
+
+    def snapshot(self, ref: str, timeout: float = 1800) -> SnapshotResult:
+        """Take a snapshot of the running job now; returns once it is stored."""
+        path = self._job(ref) + "/snapshots"
+        return self._model(SnapshotResult, "POST", path, timeout=timeout)
+
+    def snapshots(self, ref: str) -> list[SnapshotView]:
+        """The job's snapshots, oldest first."""
+        return self._models(SnapshotView, "GET", self._job(ref) + "/snapshots")
+
+    def restore(self, ref: str, snapshot: str, timeout: float = 1800) -> JobView:
+        """Roll the running job back to ``snapshot`` (on a fresh instance); returns once it
+        runs from it. On failure (an error) the job runs on as it was."""
+        path = self._job(ref) + "/restore"
+        return self._model(JobView, "POST", path, json={"snapshot": snapshot}, timeout=timeout)
 
     def restart(self, ref: str) -> JobView:
         return self._action(ref, "restart")

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         "text", description="Control-plane log lines: human text or one JSON object per line."
     )
     log_level: str = Field("INFO", description="Control-plane log level (DEBUG, INFO, ...).")
+    checkpoint_keep: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Snapshots kept per job (periodic and manual): the oldest go beyond this.",
+    )
+    checkpoint_interval: float = Field(
+        900.0,
+        ge=0,
+        description="Seconds between periodic snapshots of a Jupyter job that sets no "
+        "checkpoint_interval of its own (0: off). Batch jobs are off unless they set one.",
+    )
     metrics_retention_days: float = Field(
         7.0, gt=0, description="How long WaveWatcher samples are kept in the store."
     )

@@ -384,7 +384,7 @@ def test_moto_checkpoint_url_and_delete(tmp_path: Path, account: dict[str, str])
     """moto (fake AWS): suspend checkpoints are s3:// URLs under suspend/; deleting one
     removes it and its manifest, idempotently; other URLs are refused."""
     p = make_provider(tmp_path, account)
-    url = p.checkpoint_url("j1", "c1")
+    url = p.checkpoint_location("j1", "c1")
     assert url == "s3://og-test/outgrow/test/suspend/j1/c1.tar"
     src = tmp_path / "ckpt"
     src.mkdir()
@@ -402,7 +402,7 @@ def test_moto_checkpoint_url_and_delete(tmp_path: Path, account: dict[str, str])
     with pytest.raises(TransferError):
         p.delete_checkpoint("/var/lib/outgrow/ckpt")
     with pytest.raises(ValueError):
-        p.checkpoint_url("j1", "../c1")
+        p.checkpoint_location("j1", "../c1")
 
 
 def test_checkpoint_url_without_a_bucket_is_a_config_error(
@@ -411,7 +411,7 @@ def test_checkpoint_url_without_a_bucket_is_a_config_error(
     """moto (fake AWS) account; ebs mode works without a bucket, suspend does not."""
     p = make_provider(tmp_path, account, s3_bucket=None)
     with pytest.raises(ConfigError, match="suspend on aws needs OUTGROW_AWS_S3_BUCKET"):
-        p.checkpoint_url("j1", "c1")
+        p.checkpoint_location("j1", "c1")
     inst = p.create_instance("t3.small", wait_for_agent=False)
     assert p.attach_job_storage("j1", inst).kind is StorageKind.VOLUME
     p.delete_instance(inst.id)

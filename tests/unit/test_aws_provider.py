@@ -1044,3 +1044,11 @@ def test_moto_registered_as_aws_provider(
     assert p.region == REGION
     assert {t.name.split(".")[0] for t in p.instance_types()} == {"t3"}
     assert p.image()[0] == account["ami"]
+
+
+def test_suspend_checkpoints_and_snapshots_are_kept_in_s3(provider: AwsProvider) -> None:
+    """Regression: the provider's S3 location was named ``checkpoint_url``, so the
+    interface's ``checkpoint_location`` (what suspend and snapshots ask) refused."""
+    url = provider.checkpoint_location("j1", "snapshot-0123456789")
+    assert url == "s3://og-test/outgrow/test/suspend/j1/snapshot-0123456789.tar"
+    provider.delete_checkpoint(url)  # nothing there yet: idempotent

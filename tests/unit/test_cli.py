@@ -233,7 +233,7 @@ def test_every_command_has_json(env: dict[str, str]) -> None:
         ("resume",), ("cancel",), ("restart",), ("template", "save"), ("template", "ls"),
         ("template", "show"), ("template", "rm"), ("image", "ls"), ("image", "add"),
         ("image", "rm"), ("image", "cache"), ("image", "build"), ("instance-types",),
-        ("run",), ("cleanup",),
+        ("run",), ("cleanup",), ("snapshot",), ("snapshots",), ("restore",),
     ):  # fmt: skip
         assert expected in commands, expected
     for args in commands:
@@ -267,6 +267,11 @@ def test_control_plane_commands_need_credentials(env: dict[str, str]) -> None:
         (["--publish", "1:70000"], "'1:70000': ports must be 1-65535"),
         (["--allow-cidr", "10.0.0.300/8"], "'10.0.0.300/8' is not a CIDR range"),
         (["--idle-timeout", "2x"], "Invalid value for '--idle-timeout': invalid duration '2x'"),
+        (
+            ["--checkpoint-interval", "soon"],
+            "Invalid value for '--checkpoint-interval': invalid duration 'soon'",
+        ),
+        (["--checkpoint-interval", "2s"], "a snapshot at most every 10 s (got 2 s)"),
         (["nope.yaml"], "File 'nope.yaml' does not exist"),
     ],
 )
@@ -286,6 +291,8 @@ def test_migrate_and_ls_flag_errors(env: dict[str, str]) -> None:
     r = invoke(["migrate", "j1"], env)
     assert r.exit_code == 1
     assert one_error_line(r) == "give --mem, --cpu or --instance-type"
+    r = invoke(["restore", "j1"], env)
+    assert r.exit_code == 2 and "Missing option '--from'" in r.stderr
     r = invoke(["login", "example.org"], env)
     assert r.exit_code == 2 and "'example.org' is not an http(s) URL" in r.stderr
 
@@ -462,3 +469,15 @@ def test_j_and_the_argument_ask_for_the_same_job(env: dict[str, str], command: s
         thread.join(10)
     assert answers[0] == answers[1]
     assert answers[0] == (1, "outgrow: error: no such job\n", ["/api/v1/jobs/my-job"])
+
+
+def test_checkpoint_interval_takes_units_and_off() -> None:
+    def interval(value: str) -> object:
+        return parsed(["submit", "-n", "a", "-i", "python", "--checkpoint-interval", value])[
+            "checkpoint_interval"
+        ]
+
+    assert [interval(v) for v in ("15m", "1h30m", "900", "0", "off")] == [
+        900.0, 5400.0, 900.0, 0.0, 0.0
+    ]  # fmt: skip
+    assert parsed(["submit", "-n", "a", "-i", "python"])["checkpoint_interval"] is None

@@ -222,3 +222,38 @@ def test_orphans_are_swept_but_not_known_instances(
     cp.reconciler.run()
     assert [i.id for i in p.list_instances()] == [mine.id]
     assert f"delete {orphan.id}" in p.calls
+
+
+SNAP = "instance lost (host restart?): restoring the job from its last snapshot"
+WITH_SNAPSHOT: list[tuple[str, S, dict[str, Observed], Plan]] = [
+    # its instance is gone (a host restart): back from its last snapshot, after the sweep
+    (
+        "executing gone",
+        S.EXECUTING,
+        {"a": UNUSABLE},
+        Plan(end={"a": "failed"}, steps=(Step.RESTORE_SNAPSHOT,), to=S.FLOATING, reason=SNAP),
+    ),
+    (
+        "floating, both gone",
+        S.FLOATING,
+        {"a": UNUSABLE, "b": SILENT},
+        Plan(end={"a": "failed", "b": "failed"}, steps=(Step.RESTORE_SNAPSHOT,), reason=SNAP),
+    ),
+    # a snapshot changes nothing while the job runs, or is found frozen mid-move
+    ("executing ok", S.EXECUTING, {"a": RUN}, Plan(keep="a")),
+    ("floating frozen", S.FLOATING, {"a": FROZEN}, Plan("a", {}, (Step.ABORT,), S.EXECUTING,
+                                                       FLOATING_BACK)),
+    # nor for a job that was resuming, starting or suspended
+    ("resuming", S.RESUMING, {"b": UNUSABLE},
+     Plan(end={"b": "failed"}, to=S.SUSPENDED, reason="control plane restarted mid-resume")),
+    ("suspended", S.SUSPENDED, {}, Plan()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("what", "status", "seen", "plan"), WITH_SNAPSHOT, ids=[t[0] for t in WITH_SNAPSHOT]
+)
+def test_decision_with_a_snapshot(
+    what: str, status: S, seen: dict[str, Observed], plan: Plan
+) -> None:
+    assert decide(status, "a", seen, has_snapshot=True) == plan

@@ -151,7 +151,11 @@ def test_every_non_terminal_state_can_reach_a_terminal_state() -> None:
 
 
 def test_action_sets() -> None:
-    assert set(ACTIONS) == {"migrate", "modify", "suspend", "resume", "cancel", "restart", "open"}
+    assert set(ACTIONS) == {
+        *("migrate", "modify", "suspend", "resume", "cancel", "restart", "open"),
+        *("snapshot", "restore"),
+    }
+    assert ACTIONS["snapshot"] == ACTIONS["restore"] == {S.EXECUTING}
     assert ACTIONS["migrate"] == {S.EXECUTING}
     assert ACTIONS["suspend"] == {S.EXECUTING}
     assert ACTIONS["resume"] == {S.SUSPENDED}

@@ -27,7 +27,7 @@ from outgrow.store.models import Base, Event, Metric, Run
 from waiting import wait_until
 
 TABLES = {"users", "tokens", "images", "templates", "jobs", "runs", "instances", "events"}
-TABLES |= {"metrics"}
+TABLES |= {"metrics", "snapshots"}
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 

@@ -26,6 +26,7 @@ from outgrow.api.schemas import (
     ModifyBody,
     PullBody,
     ReclaimBody,
+    RestoreBody,
     TemplateBody,
     TemplateSubmit,
     TokenBody,
@@ -42,6 +43,7 @@ from outgrow.domain.jobs import (
     UserView,
     spec_from_mapping,
 )
+from outgrow.domain.snapshots import SnapshotResult, SnapshotView
 from outgrow.errors import OutgrowError, TooLargeError, ValidationError
 
 JobRef = Annotated[str, "job id or name"]
@@ -175,7 +177,14 @@ def create_api(plane: ControlPlane) -> FastAPI:
 
     @api.patch("/jobs/{ref}")
     def modify(ref: JobRef, body: ModifyBody, user: User, cp: Plane) -> JobView:
-        return cp.modify(user, ref, body.migrate_policy, body.vm_policy, body.idle_timeout_s)
+        return cp.modify(
+            user,
+            ref,
+            body.migrate_policy,
+            body.vm_policy,
+            body.idle_timeout_s,
+            body.checkpoint_interval,
+        )
 
     @api.delete("/jobs/{ref}", status_code=204)
     def delete_job(ref: JobRef, user: User, cp: Plane) -> Response:
@@ -195,6 +204,22 @@ def create_api(plane: ControlPlane) -> FastAPI:
     @api.post("/jobs/{ref}/suspend", status_code=202)
     def suspend(ref: JobRef, user: User, cp: Plane) -> JobView:
         return cp.suspend(user, ref)
+
+    @api.post("/jobs/{ref}/snapshots", status_code=201)
+    def snapshot(ref: JobRef, user: User, cp: Plane) -> SnapshotResult:
+        """Take a snapshot of the running job now (answers once it is stored)."""
+        return cp.snapshot(user, ref)
+
+    @api.get("/jobs/{ref}/snapshots")
+    def snapshots(ref: JobRef, user: User, cp: Plane) -> list[SnapshotView]:
+        """The job's snapshots, oldest first."""
+        return cp.list_snapshots(user, ref)
+
+    @api.post("/jobs/{ref}/restore")
+    def restore(ref: JobRef, body: RestoreBody, user: User, cp: Plane) -> JobView:
+        """Roll the running job back to a snapshot on a fresh instance (answers once it
+        runs from it; on failure, 4xx/5xx and the job runs on as it was)."""
+        return cp.restore(user, ref, body.snapshot)
 
     @api.post("/jobs/{ref}/resume", status_code=202)
     def resume(ref: JobRef, user: User, cp: Plane) -> JobView:

@@ -52,10 +52,16 @@ class MigrateBody(Strict):
     mem: float | None = Field(None, gt=0, le=65536)
 
 
+class RestoreBody(Strict):
+    snapshot: str = Field(pattern=r"^[0-9a-f]{10}$", description="the snapshot's id")
+
+
 class ModifyBody(Strict):
     migrate_policy: str | None = Field(None, max_length=2000)
     vm_policy: str | None = Field(None, max_length=500)
     idle_timeout_s: float | None = Field(None, ge=0, le=10 * 365 * 86400)
+    # seconds, or "15m", "off" (domain/snapshots.py)
+    checkpoint_interval: float | str | None = Field(None, max_length=32)
 
 
 class TemplateBody(Strict):

@@ -1,5 +1,5 @@
 """Job commands, through the control plane's API: submit, ls, show, log, migrate, modify,
-suspend, resume, cancel, restart."""
+suspend, resume, cancel, restart (snapshots: cli/snapshots.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from outgrow.cli.jobspec import (
     click_callback,
     load_job_file,
     merge_fields,
+    parse_checkpoint_interval,
     parse_cidrs,
     parse_env,
     parse_idle,
@@ -25,6 +26,7 @@ from outgrow.cli.jobspec import (
 from outgrow.cli.main import cli, emit_json, json_option, say
 from outgrow.cli.remote import connect, job_argument, wait_for, wait_option
 from outgrow.cli.render import (
+    fmt_duration,
     job_details,
     jobs_table,
     migration_line,
@@ -60,6 +62,15 @@ def policy_options(f: Any) -> Any:
         metavar="'[...]'",
         help="e.g. '[mem.upperBoundRatio=90,mem.upperBoundDuration=30s,evadeOOM=true]'.",
     )(f)
+
+
+checkpoint_option = click.option(
+    "--checkpoint-interval",
+    callback=click_callback(parse_checkpoint_interval),
+    metavar="DURATION",
+    help="Snapshot the running job this often (15m, 1h, 900; 0 or off: never). Default: "
+    "every 15 min for Jupyter jobs, off for batch jobs.",
+)
 
 
 # ---- submit ---------------------------------------------------------------------------------
@@ -111,6 +122,7 @@ def policy_options(f: Any) -> Any:
     help="OCI images: run the image's own JupyterLab or Jupyter Server (outgrow's token "
     "and stable URL) instead of its command.",
 )
+@checkpoint_option
 @click.option("--template", metavar="NAME", help="Start from a saved template.")
 @wait_option
 @json_option
@@ -129,6 +141,7 @@ def submit(
     allow_cidr: list[str] | None,
     script_path: Path | None,
     jupyter: str | None,
+    checkpoint_interval: float | None,
     template: str | None,
     wait: bool,
     wait_timeout: float,
@@ -150,6 +163,7 @@ def submit(
         "allow_cidr": allow_cidr,
         "script": read_script(script_path) if script_path is not None else None,
         "jupyter": jupyter,
+        "checkpoint_interval": checkpoint_interval,
     }
     data = merge_fields(load_job_file(job_file) if job_file else {}, flags)
     with connect() as c:
@@ -339,21 +353,26 @@ def migrate(
 @cli.command("modify")
 @job_argument
 @policy_options
+@checkpoint_option
 @json_option
 def modify(
     job: str,
     migrate_policy: str | None,
     vm_policy: str | None,
     idle_timeout: float | None,
+    checkpoint_interval: float | None,
     as_json: bool,
 ) -> None:
-    """Change a job's policies (they apply from the next decision on)."""
-    if migrate_policy is None and vm_policy is None and idle_timeout is None:
+    """Change a job's policies and snapshot interval (they apply from the next decision
+    on)."""
+    given = (migrate_policy, vm_policy, idle_timeout, checkpoint_interval)
+    if all(v is None for v in given):
         raise ValidationError(
-            "give --migrate-policy, --vm-policy or --idle-timeout", field="migrate_policy"
+            "give --migrate-policy, --vm-policy, --idle-timeout or --checkpoint-interval",
+            field="migrate_policy",
         )
     with connect() as c:
-        view = c.modify(job, migrate_policy, vm_policy, idle_timeout)
+        view = c.modify(job, migrate_policy, vm_policy, idle_timeout, checkpoint_interval)
     if as_json:
         emit_json(view.model_dump(mode="json"))
         return
@@ -361,6 +380,8 @@ def modify(
     click.echo(f"job {view.name}: migrate policy {s.migrate_policy}, vm policy {s.vm_policy}")
     idle = "off" if not s.idle_timeout_s else f"{s.idle_timeout_s:g} s"
     click.echo(f"  idle timeout {idle}")
+    every = view.checkpoint_interval_s
+    click.echo(f"  snapshots {'every ' + fmt_duration(every) if every else 'off'}")
 
 
 # action → (what to wait for, what means it failed besides the terminal statuses)

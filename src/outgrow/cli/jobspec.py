@@ -125,6 +125,19 @@ def parse_idle(value: str) -> float:
         raise ValueError(str(exc).removeprefix("idle timeout: ")) from None
 
 
+def parse_checkpoint_interval(value: str) -> float:
+    """``--checkpoint-interval 15m|1h|900|0|off`` → seconds (0 turns snapshots off)."""
+    from outgrow.domain.snapshots import parse_interval
+
+    try:
+        seconds = parse_interval(value, "checkpoint interval")
+    except ValidationError as exc:
+        raise ValueError(str(exc).removeprefix("checkpoint interval: ")) from None
+    if seconds is None:
+        raise ValueError("give a duration (15m, 1h, 900) or off")
+    return seconds
+
+
 def click_callback(parse: Any) -> Any:
     """A click option callback running ``parse`` on the value (skipped when unset)."""
 

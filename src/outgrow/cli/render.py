@@ -186,6 +186,8 @@ def job_details(job: JobView, token: str | None = None) -> RenderableType:
     kv("vm policy", s.vm_policy)
     idle = s.idle_timeout_s
     kv("idle timeout", "off" if not idle else fmt_duration(idle))
+    every = job.checkpoint_interval_s
+    kv("snapshots", f"every {fmt_duration(every)}" if every else "off")
     if s.env:
         kv("env", " ".join(f"{k}={v}" for k, v in s.env.items()))
     if s.publish:

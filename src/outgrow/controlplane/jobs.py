@@ -140,6 +140,10 @@ class JobActions:
         log.info("job %s: %s", job_id, exc)
         self.cancel(job_id, self._cancel_reasons.get(job_id) or str(exc))
 
+    def interrupted(self, job_id: str, exc: CancelledError) -> None:
+        """Another action (a snapshot) was interrupted by a cancel: end the job Cancelled."""
+        self._cancelled(job_id, exc)
+
     def drop_checkpoint(self, location: str) -> None:
         try:
             self.provider.delete_checkpoint(location)

@@ -12,7 +12,8 @@ Prefect's orchestration rules run "after transition" hooks). The control plane r
   re-attaches its connections or closes them).
 
 :meth:`before_checkpoint` is the other move hook: the proxy closes its upstream
-connections before a job is frozen.
+connections before a job is frozen (held, for websockets), and :meth:`after_checkpoint`
+re-attaches them after a snapshot, which leaves the job Executing.
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class Lifecycle:
                 log.exception("before_checkpoint hook failed for %s", job_id)
 
     def _after_move(self, job_id: str, t: Transition) -> None:
+        self.after_checkpoint(job_id)
+
+    def after_checkpoint(self, job_id: str) -> None:
+        """A checkpoint the job ran on from (a snapshot) is done, or a move ended: the
+        proxy re-attaches the connections it held (or closes them)."""
         for h in self.move_hooks:
             try:
                 h.after_move(job_id)

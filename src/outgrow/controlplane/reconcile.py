@@ -18,6 +18,7 @@ from outgrow.controlplane.instances import Instances
 from outgrow.controlplane.jobdirs import JobDirs
 from outgrow.controlplane.jobs import JobActions
 from outgrow.controlplane.lifecycle import Lifecycle
+from outgrow.controlplane.snapshots import Snapshots
 from outgrow.controlplane.workers import Workers
 from outgrow.domain.states import JobState as S
 from outgrow.errors import OutgrowError
@@ -66,6 +67,7 @@ class Step(StrEnum):
     WAIT_START = "wait-start"  # the job is still starting there: wait for it (a worker)
     START = "start"  # start the job anew once orphans are swept (a worker)
     CANCEL = "cancel"  # finish a cancel (a worker)
+    RESTORE_SNAPSHOT = "restore-snapshot"  # the instance is gone: restore the last snapshot
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,11 @@ class Plan:
     reason: str = ""
 
 
-def decide(status: S, current: str | None, seen: Mapping[str, Observed]) -> Plan:
-    """What to do with a job found in ``status`` whose live instances are ``seen``."""
+def decide(
+    status: S, current: str | None, seen: Mapping[str, Observed], has_snapshot: bool = False
+) -> Plan:
+    """What to do with a job found in ``status`` whose live instances are ``seen``
+    (``has_snapshot``: the job has a snapshot to come back from if they are all gone)."""
     if status in PARKED:
         return Plan(end={i: "released" for i in seen})
     if status == S.INITIALIZING:  # its instance (if any) never ran it: start over
@@ -111,6 +116,15 @@ def decide(status: S, current: str | None, seen: Mapping[str, Observed]) -> Plan
         )
     ):
         return Plan(keep=current, steps=(Step.WAIT_START,), reason="job still starting")
+    if keep is None and has_snapshot and status in (S.EXECUTING, S.FLOATING):
+        # The host restarted (or the instance died): the job comes back from its newest
+        # snapshot on a new instance, once orphans are swept (a worker).
+        return Plan(
+            end={i: "failed" for i in seen},
+            steps=(Step.RESTORE_SNAPSHOT,),
+            to=S.FLOATING if status == S.EXECUTING else None,
+            reason="instance lost (host restart?): restoring the job from its last snapshot",
+        )
     if keep is None:
         to, reason = {
             S.RESUMING: (S.SUSPENDED, "control plane restarted mid-resume"),
@@ -135,6 +149,7 @@ class Reconciler:
         jobdirs: JobDirs,
         actions: JobActions,
         workers: Workers,
+        snapshots: Snapshots,
     ):
         self.store = store
         self.provider = provider
@@ -144,18 +159,25 @@ class Reconciler:
         self.jobdirs = jobdirs
         self.actions = actions
         self.workers = workers
+        self.snapshots = snapshots
 
     def run(self) -> None:
         """Reconcile every job, then delete instances no job owns (never those of another
         job: only instances of this control plane's provider are listed)."""
         known: set[str] = set()
         starts: list[str] = []
+        restores: list[tuple[str, str | None]] = []
         for rec in self.store.list_jobs(None):
-            live = [r.id for r in self.store.instances(rec.id) if r.ended_at is None]
+            records = [r for r in self.store.instances(rec.id) if r.ended_at is None]
+            live = [r.id for r in records]
             known |= set(live)
             try:
-                if Step.START in self.reconcile(rec, live):
+                steps = self.reconcile(rec, live)
+                if Step.START in steps:
                     starts.append(rec.id)
+                if Step.RESTORE_SNAPSHOT in steps:
+                    lost = next((r for r in records if r.id == rec.current_instance_id), None)
+                    restores.append((rec.id, lost.type if lost else None))
             except OutgrowError as exc:
                 log.error("reconciling job %s: %s", rec.id, exc)
                 self.store.add_event(rec.id, "error", f"reconcile: {exc}")
@@ -167,6 +189,8 @@ class Reconciler:
         # would take for an orphan.
         for job_id in starts:
             self.workers.run(job_id, self.actions.start)
+        for job_id, lost_type in restores:
+            self.workers.run(job_id, self.snapshots.recover, lost_type)
 
     def observe(self, instance_id: str) -> tuple[InstanceInfo | None, Observed]:
         inst = self.provider.describe_instance(instance_id)
@@ -176,7 +200,10 @@ class Reconciler:
             try:
                 self.provider.restart_agent(instance_id)  # the agent re-adopts its job
             except OutgrowError as exc:
+                # No agent to ask (after a host restart its network is gone too: a
+                # connection would follow the default route off the machine).
                 log.warning("restarting the agent of %s: %s", instance_id, exc)
+                return inst, Observed()
         try:
             with self.connect(inst, 5.0) as a:
                 st = a.job()
@@ -190,7 +217,8 @@ class Reconciler:
         """Carry out the plan for one job; returns its steps (START is the caller's)."""
         found = {i: self.observe(i) for i in live} if S(rec.status) in HOLDING else {}
         seen = {i: found[i][1] if i in found else Observed() for i in live}
-        plan = decide(S(rec.status), rec.current_instance_id, seen)
+        has_snapshot = bool(self.store.snapshots(rec.id)) if S(rec.status) in HOLDING else False
+        plan = decide(S(rec.status), rec.current_instance_id, seen, has_snapshot)
         if plan.keep is not None and (Step.ABORT in plan.steps or Step.RESTORE_KEPT in plan.steps):
             inst = found[plan.keep][0]
             try:
@@ -199,7 +227,7 @@ class Reconciler:
             except OutgrowError as exc:  # then the job is lost: decide again without it
                 self.store.add_event(rec.id, "error", f"reconcile: restore failed: {exc}")
                 seen = {**seen, plan.keep: UNUSABLE}
-                plan = decide(S(rec.status), rec.current_instance_id, seen)
+                plan = decide(S(rec.status), rec.current_instance_id, seen, has_snapshot)
         for iid, status in plan.end.items():
             self.instances.end(iid, status)
         if Step.CANCEL in plan.steps:

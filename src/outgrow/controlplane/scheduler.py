@@ -1,7 +1,8 @@
 """The scheduler loop: every tick (0.25 s) it starts Submitted jobs, retries those that found
 no host, and looks at each Executing job — collects its samples (WaveWatcher), notices a
 job that ended, and runs the policy rules (domain/rules.py); a decision to grow, shrink,
-suspend or pre-create the next size becomes a job action on the job's worker."""
+suspend or pre-create the next size becomes a job action on the job's worker, and so
+does a periodic snapshot that is due (controlplane/snapshots.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from outgrow.controlplane.hub import job_base_url
 from outgrow.controlplane.images import Images
 from outgrow.controlplane.instances import Instances
 from outgrow.controlplane.jobs import JobActions
+from outgrow.controlplane.snapshots import Snapshots
 from outgrow.controlplane.workers import Workers
 from outgrow.domain.images import DEFAULT_JUPYTER_PORT
 from outgrow.domain.instance_types import InstanceType
@@ -48,6 +50,7 @@ class Scheduler(threading.Thread):
         images: Images,
         stopping: threading.Event,
         retention_s: float,
+        snapshots: Snapshots | None = None,
     ):
         super().__init__(name="scheduler", daemon=True)
         self.store = store
@@ -59,6 +62,7 @@ class Scheduler(threading.Thread):
         self.images = images
         self.stopping = stopping
         self.retention_s = retention_s
+        self.snapshots = snapshots
         self._windows: dict[str, deque[Sample]] = {}
         self._last_t: dict[str, float] = {}
         self._last_metrics_poll: dict[str, float] = {}
@@ -105,6 +109,8 @@ class Scheduler(threading.Thread):
             else:
                 try:
                     self.watch(rec)
+                    if self.snapshots is not None:
+                        self.snapshots.consider(rec)  # a periodic snapshot, when due
                 except StoreUnavailable:
                     raise  # the whole tick waits for the database (run())
                 except OutgrowError as exc:

@@ -9,6 +9,7 @@ queueing. The work is done by the parts it wires together:
     actions    the long job actions (start, migrate, suspend, resume, cancel, …)
     workers    one action per job at a time
     scheduler  samples + rules → actions;  reconciler: start-up repair
+    snapshots  periodic / manual snapshots, rollback, recovery after a host restart
     views      what the API shows
 
 A job is visible to its owner and to admins; to anybody else it does not exist
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import Any
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 from outgrow.controlplane.accounts import Accounts
 from outgrow.controlplane.hub import HubJobs
@@ -30,6 +33,7 @@ from outgrow.controlplane.jobs import JobActions
 from outgrow.controlplane.lifecycle import Lifecycle
 from outgrow.controlplane.reconcile import Reconciler
 from outgrow.controlplane.scheduler import Scheduler
+from outgrow.controlplane.snapshots import Snapshots
 from outgrow.controlplane.views import Views, downsample
 from outgrow.controlplane.workers import Workers
 from outgrow.domain.instance_types import InstanceType
@@ -49,8 +53,9 @@ from outgrow.domain.policy import (
     parse_migrate_policy,
     parse_vm_policy,
 )
+from outgrow.domain.snapshots import SnapshotResult, SnapshotView, parse_interval
 from outgrow.domain.states import check_action, check_restart, parse_state
-from outgrow.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from outgrow.errors import AuthError, CheckpointError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import Connect, Migrator, agent
 from outgrow.providers.base import Provider
 from outgrow.settings import Settings
@@ -58,6 +63,20 @@ from outgrow.store import JobRecord, Store
 
 JUPYTER_IDLE_DEFAULT_S = 2 * 3600.0
 USER_ACTION_WAIT_S = 10.0
+SNAPSHOT_WAIT_S = 1800.0  # a user waits for a snapshot or a rollback of a big job
+
+
+T = TypeVar("T")
+
+
+def _outcome(done: Future[T], what: str) -> T:
+    """The result of a job action a user waits for (its error, raised here)."""
+    try:
+        return done.result(timeout=SNAPSHOT_WAIT_S)
+    except FutureTimeout:
+        raise CheckpointError(
+            f"{what} is still running after {SNAPSHOT_WAIT_S:g} s; see the job's events"
+        ) from None
 
 
 class ControlPlane:
@@ -92,6 +111,19 @@ class ControlPlane:
             self.images,
             token=self.workers.token,
         )
+        self.snapshots = Snapshots(
+            store,
+            provider,
+            connect,
+            self.lifecycle,
+            self.instances,
+            self.jobdirs,
+            self.images,
+            self.workers,
+            keep=settings.checkpoint_keep,
+            default_interval_s=settings.checkpoint_interval,
+            on_cancelled=self.actions.interrupted,
+        )
         self.scheduler = Scheduler(
             store,
             provider,
@@ -102,6 +134,7 @@ class ControlPlane:
             self.images,
             self.stopping,
             settings.metrics_retention_days * 86400,
+            self.snapshots,
         )
         self.reconciler = Reconciler(
             store,
@@ -112,10 +145,17 @@ class ControlPlane:
             self.jobdirs,
             self.actions,
             self.workers,
+            self.snapshots,
         )
         public = public_url or f"http://{settings.host}:{settings.port}"
         self.views = Views(
-            store, provider, self.images, public, settings.agent_port, self.scheduler.last_sample
+            store,
+            provider,
+            self.images,
+            public,
+            settings.agent_port,
+            self.scheduler.last_sample,
+            settings.checkpoint_interval,
         )
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -285,6 +325,7 @@ class ControlPlane:
         migrate_policy: str | None = None,
         vm_policy: str | None = None,
         idle_timeout_s: float | None = None,
+        checkpoint_interval: float | str | None = None,
     ) -> JobView:
         rec = self._find(actor, ref)
         check_action("modify", rec.status)
@@ -297,6 +338,14 @@ class ControlPlane:
             if idle_timeout_s < 0:
                 raise ValidationError("idle timeout must be >= 0", field="idle_timeout_s")
             update["idle_timeout_s"] = idle_timeout_s
+        if checkpoint_interval is not None:
+            seconds = parse_interval(checkpoint_interval)
+            if seconds is None:
+                raise ValidationError(
+                    "checkpoint_interval: give a duration (15m, 900) or off",
+                    field="checkpoint_interval",
+                )
+            update["checkpoint_interval"] = seconds
         if not update:
             raise ValidationError("nothing to modify", field="migrate_policy")
         self.store.update_job(rec.id, spec=rec.spec.model_copy(update=update))
@@ -310,6 +359,34 @@ class ControlPlane:
         fn = getattr(self.actions, action)
         if not self.workers.run(rec.id, fn, *args, wait=USER_ACTION_WAIT_S):
             raise ConflictError(f"job {rec.name} is busy with another action")
+        return self.view(rec.id)
+
+    def snapshot(self, actor: UserView, ref: str) -> SnapshotResult:
+        """Take a snapshot of a running job now; returns once it is stored."""
+        rec = self._find(actor, ref)
+        check_action("snapshot", rec.status)
+        done: Future[SnapshotResult] = Future()
+        if not self.workers.run(
+            rec.id, self.snapshots.take, "manual", done, wait=USER_ACTION_WAIT_S
+        ):
+            raise ConflictError(f"job {rec.name} is busy with another action")
+        return _outcome(done, f"the snapshot of job {rec.name}")
+
+    def list_snapshots(self, actor: UserView, ref: str) -> list[SnapshotView]:
+        return self.store.snapshots(self._find(actor, ref).id)
+
+    def restore(self, actor: UserView, ref: str, snapshot_id: str) -> JobView:
+        """Roll a running job back to one of its snapshots (on a fresh instance); returns
+        once it runs from it. On failure the job runs on as it was (the error says why)."""
+        rec = self._find(actor, ref)
+        self.store.snapshot_location(rec.id, snapshot_id)  # NotFoundError names it
+        check_action("restore", rec.status)
+        self.snapshots.check_restorable(rec)
+        done: Future[None] = Future()
+        args = (snapshot_id, actor.name, done)
+        if not self.workers.run(rec.id, self.snapshots.restore, *args, wait=USER_ACTION_WAIT_S):
+            raise ConflictError(f"job {rec.name} is busy with another action")
+        _outcome(done, f"the rollback of job {rec.name}")
         return self.view(rec.id)
 
     def suspend(self, actor: UserView, ref: str) -> JobView:

@@ -14,6 +14,7 @@ from outgrow.domain.images import ImageSpec
 from outgrow.domain.jobs import InstanceView, JobView, MetricPoint
 from outgrow.domain.rules import Sample
 from outgrow.domain.security import SecurityGroup, default_ports
+from outgrow.domain.snapshots import effective_interval
 from outgrow.domain.states import ACTIONS, is_terminal
 from outgrow.errors import NotFoundError, ValidationError
 from outgrow.providers.base import Capability, Provider
@@ -47,6 +48,7 @@ class Views:
         public_url: str,
         agent_port: int,
         last_sample: Callable[[str], Sample | None],
+        checkpoint_interval_s: float = 0.0,
     ):
         self.store = store
         self.provider = provider
@@ -54,6 +56,7 @@ class Views:
         self.public_url = public_url
         self.agent_port = agent_port
         self.last_sample = last_sample
+        self.checkpoint_interval_s = checkpoint_interval_s  # the default, for Jupyter jobs
 
     def image_of(self, rec: JobRecord) -> ImageSpec | None:
         try:
@@ -105,6 +108,11 @@ class Views:
             exit_code=rec.exit_code,
             events=self.store.events(rec.id) if with_events else [],
             security_group=self.security_group_rules(rec, image),
+            checkpoint_interval_s=effective_interval(
+                rec.spec.checkpoint_interval,
+                image is not None and image.is_jupyter,
+                self.checkpoint_interval_s,
+            ),
             actions=[
                 a
                 for a, states in ACTIONS.items()

@@ -24,6 +24,7 @@ from outgrow.domain.policy import (
     parse_migrate_policy,
     parse_vm_policy,
 )
+from outgrow.domain.snapshots import parse_interval
 from outgrow.errors import ValidationError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -88,6 +89,10 @@ class JobSpec(BaseModel):
     # under, with the hub's auth (docs/jupyterhub.md). Only for the jupyterhub-singleuser
     # kind, from accounts in OUTGROW_JUPYTERHUB_USERS (controlplane/hub.py checks both).
     hub_prefix: str | None = None
+    # Periodic snapshots while Executing, in seconds (0: off; None: the default for the
+    # kind: OUTGROW_CHECKPOINT_INTERVAL for Jupyter jobs, off for batch). "15m", "off"
+    # are taken too (domain/snapshots.py).
+    checkpoint_interval: float | None = None
 
     @field_validator("name")
     @classmethod
@@ -151,6 +156,16 @@ class JobSpec(BaseModel):
             raise ValueError("idle_timeout_s must be >= 0 (0 disables auto-suspend)")
         return v
 
+    @field_validator("checkpoint_interval", mode="before")
+    @classmethod
+    def _checkpoint_interval(cls, v: object) -> float | None:
+        if v is None or isinstance(v, str | int | float):
+            try:
+                return parse_interval(v)
+            except ValidationError as exc:
+                raise ValueError(exc.message.removeprefix("checkpoint_interval: ")) from exc
+        raise ValueError("checkpoint_interval must be a duration (15m, 900) or off")
+
     @field_validator("hub_prefix")
     @classmethod
     def _hub_prefix(cls, v: str | None) -> str | None:
@@ -182,6 +197,7 @@ def spec_from_mapping(data: dict[str, Any]) -> JobSpec:
         "allowCidr": "allow_cidr",
         "idleTimeout": "idle_timeout_s",
         "hubPrefix": "hub_prefix",
+        "checkpointInterval": "checkpoint_interval",
     }
     d = {aliases.get(k, k): v for k, v in data.items()}
     if isinstance(d.get("migrate_policy"), dict):
@@ -264,6 +280,9 @@ class JobView(BaseModel):
     # "resume", "cancel", "restart", "open"), so clients need not mirror the state machine.
     actions: list[str] = Field(default_factory=list)
     security_group: list[dict[str, Any]] = []  # inbound rules, in order (domain/security.py)
+    # Seconds between periodic snapshots that apply to the job (its own, or the default
+    # for its kind); 0: off.
+    checkpoint_interval_s: float = 0.0
 
 
 class UserView(BaseModel):

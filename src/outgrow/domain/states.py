@@ -166,6 +166,9 @@ ACTIONS: Mapping[str, frozenset[JobState]] = MappingProxyType(
         "restart": TERMINAL_STATES,
         # open the job's web UI (Jupyter): only while it runs and is reachable
         "open": _T({S.EXECUTING}),
+        # take a snapshot now / roll the running job back to one
+        "snapshot": _T({S.EXECUTING}),
+        "restore": _T({S.EXECUTING}),
     }
 )
 

@@ -239,3 +239,21 @@ class Metric(Base):
     mem_limit: Mapped[int | None] = mapped_column(BigInteger, default=None)
     cpu_used: Mapped[float] = mapped_column(Float)
     cpu_quota: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Snapshot(Base):
+    """A stored snapshot of a job (a checkpoint it runs on from): where its images are
+    (a directory of the data dir, or an object URL) and what it cost."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_job_id_time", "job_id", "time"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    time: Mapped[datetime] = mapped_column()  # when the job was frozen for it
+    location: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    duration_s: Mapped[float] = mapped_column(Float)
+    frozen_s: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(64), default="periodic")
+    instance_id: Mapped[str | None] = mapped_column(String(128), default=None)

@@ -48,6 +48,7 @@ from outgrow.store.records import (
     job_record,
     metric_point,
 )
+from outgrow.store.snapshots import SnapshotsMixin
 
 JOB_FIELDS = frozenset(
     {
@@ -87,7 +88,7 @@ def _state_event(
     )
 
 
-class Store(AccountsMixin):
+class Store(AccountsMixin, SnapshotsMixin):
     """Persistent state of the control plane. Safe to share between threads."""
 
     @classmethod

@@ -36,7 +36,7 @@ own EBS volume, detached from the source and attached to the target of a move
 (``volumes.py``); ``s3`` — it travels as a tar in the bucket (any AZ). Either way it
 outlives instances: :meth:`delete_instance` and :meth:`cleanup` never delete it,
 :meth:`delete_job_storage` (the job ended) and :meth:`teardown` do. Suspend checkpoints
-are kept in S3 (:meth:`checkpoint_url`). Job directories are not shared between
+are kept in S3 (:meth:`checkpoint_location`). Job directories are not shared between
 instances, so the provider does not declare ``Capability.SHARED_JOB_STORAGE``.
 """
 
@@ -283,8 +283,9 @@ class AwsProvider(Provider):
         if self.aws.s3_bucket:
             delete_url(self.jobdir_url(job_id), self.adaptor)
 
-    def checkpoint_url(self, job_id: str, checkpoint_id: str) -> str:
-        """``s3://bucket/<prefix>/<cluster>/suspend/<job>/<checkpoint>.tar``."""
+    def checkpoint_location(self, job_id: str, checkpoint_id: str) -> str:
+        """Suspend checkpoints and snapshots, in S3 (the instance goes away):
+        ``s3://bucket/<prefix>/<cluster>/suspend/<job>/<checkpoint>.tar``."""
         store = self._store()
         return url_of(store.bucket, store.key("suspend", job_id, checkpoint_id))
 
@@ -298,7 +299,7 @@ class AwsProvider(Provider):
 
     def delete_checkpoint(self, url: str) -> None:
         """Delete a suspend or transfer checkpoint (and its manifest); idempotent. Only
-        URLs ``checkpoint_url``/``transfer_url`` make (``…/suspend|transfer/<job>/<id>.tar``)
+        URLs ``checkpoint_location``/``transfer_url`` make (``…/suspend|transfer/<job>/<id>.tar``)
         are accepted."""
         _, key = parse_url(url)
         kinds = ("/suspend/", "/transfer/")

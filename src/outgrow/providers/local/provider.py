@@ -347,6 +347,10 @@ class LocalProvider(Provider):
         rec = self._record(iid)
         if rec is None:
             raise ProviderError(f"no instance {iid}")
+        if not Path(str(rec["netns"])).exists():
+            # The host restarted (network namespaces live on tmpfs): the instance is gone,
+            # and asking for its agent would send packets down the default route.
+            raise ProviderError(f"instance {iid} has no network namespace (host restarted?)")
         if not self._agent_alive(iid):
             self._start_agent(iid, str(rec["netns"]), str(rec["address"]))
         self._wait_agent(self._info(iid, rec, "running"), cancel=cancel)

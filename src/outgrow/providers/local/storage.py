@@ -30,7 +30,7 @@ from pathlib import Path
 from outgrow.agent.mounts import loop_devices, mounts
 from outgrow.domain.instance_types import GIB
 from outgrow.domain.storage import JobStorage, StorageKind
-from outgrow.errors import ConfigError, ProviderError
+from outgrow.errors import ConfigError, OutgrowError, ProviderError
 from outgrow.providers.aws.settings import AwsSettings
 from outgrow.settings import Settings
 from outgrow.transfer.s3 import CheckpointStore, Kind, delete_url, url_of
@@ -180,6 +180,13 @@ class LocalJobStorage:
     def _unmount_quota(self, job_id: str) -> None:
         """The job ended: its volume goes; its logs stay in the plain directory left."""
         img, mp = self._img(job_id), self.jobs_dir / _check_id(job_id)
+        if img.exists() and not os.path.ismount(mp):
+            # Not mounted any more (the host restarted since): mount it again, or the
+            # job's logs would go with the volume.
+            try:
+                self._mount_quota(job_id)
+            except OutgrowError as exc:
+                log.error("job %s: its volume cannot be mounted to keep its logs: %s", job_id, exc)
         with self._locked():
             if not img.exists() and not os.path.ismount(mp):
                 return

@@ -170,6 +170,7 @@ export async function render(root, ctx) {
       kv("Duration", fmtDuration(jobDuration(job))),
       kv("Cost", h("span", fmtCost(job.cost_usd), inst && !inst.ended_at ? h("span", { class: "kv-sub" }, `${fmtPrice(inst.price_per_hour)} now`) : null)),
       kv("Run", String(job.run)),
+      kv("Snapshots", job.checkpoint_interval_s ? `every ${fmtDurationSpec(job.checkpoint_interval_s)}` : "off"),
     );
     if (isJupyter) {
       const url = kind === "jupyter-lab" ? stableUrl(job, "lab") : stableUrl(job);
