@@ -32,6 +32,9 @@ COUNTER = (
 )
 
 
+ENDED = {"Cancelled", "Completed", "FailToComplete", "FailToExecute", "NoAvailableHost"}
+
+
 class RowFailed(AssertionError):
     """The row's fault was handled wrongly (the table says why)."""
 
@@ -44,18 +47,22 @@ class Outcome:
 
 
 class World:
-    def __init__(self, root: Path, name: str, tmpfs_mib: int = 0, **extra_env: str):
+    def __init__(
+        self, root: Path, name: str, tmpfs_mib: int = 0, tmpfs_at: str = "", **extra_env: str
+    ):
         self.prefix = unique_prefix()
         self.pool = free_pool(self.prefix)
         self.tmp = root / f"{name}-{self.prefix}"
         self.tmp.mkdir(parents=True)
         self.mounts: list[Path] = []  # a row's own mounts (disk full), unmounted at close
-        if tmpfs_mib:
+        if tmpfs_mib:  # the data dir (or a directory of it) on a small filesystem of its own
+            self.small = self.tmp / tmpfs_at
+            self.small.mkdir(parents=True, exist_ok=True)
             subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mib}m", "outgrow-faults", self.tmp],
+                ["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mib}m", "outgrow-faults", self.small],
                 check=True,
             )
-            self.mounts.append(self.tmp)
+            self.mounts.append(self.small)
         self.criu = CriuWrapper(self.tmp / "criu-wrapper")
         env = {"OUTGROW_CRIU_PATH": str(self.criu.path), **extra_env}
         self.srv = ServerProcess(self.tmp, self.prefix, free_port(), self.pool, extra_env=env)
@@ -195,12 +202,11 @@ class World:
         of it and checks that the removal itself left nothing."""
         for d in list(self.criu.dir.glob("hold-*")):  # nothing may wait at a hold any more
             (self.criu.dir / d.name.replace("hold-", "release-")).touch()
+        self._end_jobs()
         self.srv.stop()
-        bridge = bridge_name(self.prefix)
+        mine = {f"link {bridge_name(self.prefix)}"} | {f"mount {m}" for m in self.mounts}
         left = [
-            x
-            for x in leftovers(self.prefix, str(self.tmp)) + self.processes()
-            if x != f"link {bridge}"
+            x for x in leftovers(self.prefix, str(self.tmp)) + self.processes() if x not in mine
         ]
         try:
             self.provider().teardown()
@@ -212,8 +218,35 @@ class World:
             pid = int(line.split()[1].rstrip(":"))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        after = leftovers(self.prefix, str(self.tmp))
+        after = [x for x in leftovers(self.prefix, str(self.tmp)) if x not in mine]
         return left + [f"{x} (even after teardown)" for x in after]
+
+    def _end_jobs(self) -> None:
+        """A row that failed half-way left its job running: cancel every job still live
+        (if the control plane answers), so what remains after is the product's leftover."""
+        if self.srv.proc is None or self.srv.proc.poll() is not None or not self._token:
+            return
+        try:
+            jobs = self.get("/jobs").json()
+            live = [j["id"] for j in jobs if j["status"] not in ENDED]
+            for ref in live:
+                self.post(f"/jobs/{ref}/cancel")
+            for ref in live:
+                self.wait(ref, ENDED, timeout=60)
+        except (httpx.HTTPError, AssertionError):
+            pass  # the control plane is unwell: the teardown removes what is left
+
+    def job_processes(self) -> list[int]:
+        """Pids in a cgroup of this row's prefix (any hierarchy): jobs, agents, CRIU."""
+        out = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if f"/{self.prefix}-" in (p / "cgroup").read_text():
+                        out.append(int(p.name))
+                except OSError:
+                    continue
+        return out
 
 
 def elapsed(t0: float) -> float:

@@ -33,7 +33,8 @@ class Row:
     fn: RowFn | None  # None: a row registered ahead of the feature it needs
     pending: str = ""  # why fn is None
     env: dict[str, str] = field(default_factory=dict)  # extra OUTGROW_* of the row's server
-    tmpfs_mib: int = 0  # the row's data dir on a tmpfs of this size (disk full)
+    tmpfs_mib: int = 0  # the row's data dir on a tmpfs of this size (disk full) …
+    tmpfs_at: str = ""  # … or only this directory of it
 
 
 # The registry: `make faults` runs these in this order. A row for a feature that is not
@@ -171,15 +172,31 @@ def cp_kill_suspending(w: World) -> Outcome:
 
 @row("cp-kill-start", "control plane kill -9", "Starting: waiting for its agent", T_FAULTS)
 def cp_kill_start(w: World) -> Outcome:
+    """The new instance's agent is stopped (SIGSTOP, a slow boot) as soon as it exists,
+    so the control plane waits for its health; it is killed then, the agent resumed."""
+    import os
+    import signal
+
     ref = w.submit(wait=False)
-    w.wait_for(
-        ref,
-        lambda j: any(i["status"] == "starting" for i in j["instances"]) and not w.counter(ref),
-        "an instance of the job to be recorded, the job not yet running",
+    pidfile = wait_until(
+        lambda: next(iter(w.tmp.glob("instances/*/agent.pid")), None),
+        timeout=120,
+        what="the job's instance to start its agent",
     )
-    w.kill9()
+    pid = wait_until(lambda: int(pidfile.read_text() or 0), timeout=5, what="the agent's pid")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        j = w.wait_for(
+            ref, lambda j: j["status"] in ("Initializing", "Starting"), "the start to wait"
+        )
+        if w.counter(ref):
+            raise RowFailed("the job already runs: not the moment this row is about")
+        w.kill9()
+    finally:
+        os.kill(pid, signal.SIGCONT)
     w.restart()
     out = w.check_runs_on(ref)
+    out.outcome = f"{j['status']} when killed; {out.outcome}"
     w.cancel(ref)
     return out
 
@@ -244,25 +261,55 @@ def page_server_dies(w: World) -> Outcome:
 
 
 def _fill(w: World, s: str, t: str) -> None:
-    """Fill the row's tmpfs (the instances' directories, so the target's image dir)."""
-    st = shutil.disk_usage(w.tmp)
-    subprocess.run(
-        ["fallocate", "-l", str(max(st.free - 256 * 1024, 0)), str(w.tmp / "filler")],
-        check=True,
-    )
+    """Fill the row's tmpfs (the instances' directories, so the target's image dir) to
+    the last byte."""
+    import errno
+
+    with open(w.small / "filler", "wb") as f:
+        chunk = b"\0" * (1 << 20)
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    if shutil.disk_usage(w.small).free > 64 * 1024:
+        raise RowFailed(f"the filesystem is not full: {shutil.disk_usage(w.small)}")
 
 
 @row(
     "disk-full",
-    "disk full (the instances' filesystem)",
+    "disk full (the instances' filesystem: the target's images)",
     "Floating: frozen, dump starting",
     tmpfs_mib=768,
+    tmpfs_at="instances",
 )
 def disk_full(w: World) -> Outcome:
     try:
         return _move_fails_at_dump(w, _fill)
     finally:
-        (w.tmp / "filler").unlink(missing_ok=True)
+        (w.small / "filler").unlink(missing_ok=True)
+
+
+@row("db-disk-full", "disk full under the database", "Executing", tmpfs_mib=256)
+def db_disk_full(w: World) -> Outcome:
+    """The data dir's filesystem (the database's) fills up: the API says 503 (the store
+    is unavailable), never 500; the job runs on; once space is freed all works again."""
+    ref = w.submit()
+    try:
+        _fill(w, "", "")
+        body = {"name": "full", "image": "python", "script": COUNTER, "mem": "0.25"}
+        codes = {w.post("/jobs", body).status_code, w.migrate(ref).status_code}
+        if 500 in codes or not codes <= {503, 202, 201}:
+            raise RowFailed(f"with the database's disk full the API answered {sorted(codes)}")
+    finally:
+        (w.small / "filler").unlink(missing_ok=True)
+    w.wait(ref, {"Executing"})
+    out = w.check_runs_on(ref)
+    out.outcome = f"API {sorted(codes)} while full; {out.outcome}"
+    w.cancel(ref)
+    return out
 
 
 @row("criu-dump-fails", "CRIU dump fails (exit 1)", "Floating: dump", T_FAULTS)
@@ -301,10 +348,13 @@ def _cut(how: str) -> Callable[[World, str, str], None]:
             cmd = ["ip", "netns", "exec", ns, "ip", "route", "add", "unreachable", tgt.address]
         else:
             rules = (
-                f"table ip {w.prefix}_cut {{ chain out {{ type filter hook output priority 0;"
-                f" ip daddr {tgt.address} drop; }} }}"
+                f"table ip {w.prefix}_cut {{\n chain out {{\n"
+                "  type filter hook output priority 0;\n"
+                f"  ip daddr {tgt.address} drop\n }}\n}}\n"
             )
-            cmd = ["ip", "netns", "exec", ns, "nft", rules]
+            cmd = ["ip", "netns", "exec", ns, "nft", "-f", "-"]
+            subprocess.run(cmd, input=rules, text=True, check=True, capture_output=True)
+            return
         subprocess.run(cmd, check=True, capture_output=True)
 
     return cut
@@ -392,9 +442,13 @@ def cancel_during_migrate(w: World) -> Outcome:
         raise RowFailed(f"cancel during a move answered {r.status_code}: {r.text}")
     w.wait(ref, {"Cancelled"})
     wait_until(lambda: not w.instances(), timeout=60, what="every instance of the job to go")
-    n = len(w.counter(ref))
-    holds_for(lambda: len(w.counter(ref)) == n, duration=1.0, what="the cancelled job silent")
-    return Outcome("Cancelled; no instance left", "n/a (cancelled)")
+    wait_until(
+        lambda: not w.job_processes(),
+        timeout=30,
+        what="no process left in a cgroup of the row (the job stopped, no copy running)",
+    )
+    holds_for(lambda: not w.job_processes(), duration=1.0, what="no job process coming back")
+    return Outcome("Cancelled; no instance, no process left", "n/a (cancelled)")
 
 
 # ---- memory ------------------------------------------------------------------------------------
@@ -505,23 +559,34 @@ def _db_refused(w: World, damage: Callable[[], None], what: str) -> Outcome:
     src = w.job(ref)["instance"]["id"]
     w.kill9()
     db = w.tmp / "outgrow.db"
-    saved = w.tmp / "outgrow.db.saved"
-    shutil.copy(db, saved)
-    for extra in ("-wal", "-shm"):
-        (w.tmp / f"outgrow.db{extra}").unlink(missing_ok=True)
+    files = [db, *(w.tmp / f"outgrow.db{x}" for x in ("-wal", "-shm"))]
+    saved = w.tmp / "saved-db"
+    saved.mkdir()
+    for f in files:
+        if f.exists():
+            shutil.copy(f, saved / f.name)
+    for f in files[1:]:
+        f.unlink(missing_ok=True)
     damage()
-    w.srv.start(wait=False)
+    from cp_server import ServerProcess
+
+    # `outgrow up` itself, as a user starts it: its one-line error is what they see
+    up = ServerProcess(w.tmp, w.prefix, w.srv.port, w.pool, extra_env=w.srv.extra_env, cli=True)
+    up.start(wait=False)
     try:
-        code = w.srv.proc.wait(60)
+        code = up.proc.wait(60)
     except subprocess.TimeoutExpired:
-        w.srv.stop()
+        up.stop()
         raise RowFailed(f"the control plane started on a {what} database") from None
+    message = up.log().strip().splitlines()[-1] if up.log().strip() else "(nothing)"
+    if code == 0 or "Traceback" in up.log():
+        raise RowFailed(f"not a clear refusal (exit {code}): {up.log()[-1500:]}")
     if [i.id for i in w.instances()] != [src]:
         raise RowFailed(f"instances after the refusal: {[i.id for i in w.instances()]}")
     n = len(w.counter(ref))
     wait_until(lambda: len(w.counter(ref)) > n + 5, timeout=30, what="the job to count on")
-    message = w.srv.log().strip().splitlines()[-1]
-    shutil.copy(saved, db)
+    for f in saved.iterdir():
+        shutil.copy(f, w.tmp / f.name)
     w.restart()
     out = w.check_runs_on(ref, src)
     out.outcome = f"refused (exit {code}: {message[:90]}); restored db: {out.outcome}"

@@ -40,7 +40,7 @@ def run_row(r: Row, root: Path) -> dict[str, Any]:
     if r.fn is None:
         return {**res, "outcome": f"not run: {r.pending}", "work_lost": "", "leftovers": []}
     t0 = time.monotonic()
-    w = World(root, r.key, tmpfs_mib=r.tmpfs_mib, **r.env)
+    w = World(root, r.key, tmpfs_mib=r.tmpfs_mib, tmpfs_at=r.tmpfs_at, **r.env)
     error = ""
     try:
         w.start()

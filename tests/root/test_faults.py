@@ -25,7 +25,7 @@ HERE = [r for r in ROWS if r.test.startswith("tests/root/test_faults.py::")]
 def test_fault(tmp_path: Path, key: str) -> None:
     r = next(r for r in HERE if r.key == key)
     assert r.fn is not None
-    w = World(tmp_path, key, tmpfs_mib=r.tmpfs_mib, **r.env)
+    w = World(tmp_path, key, tmpfs_mib=r.tmpfs_mib, tmpfs_at=r.tmpfs_at, **r.env)
     try:
         w.start()
         out = r.fn(w)
