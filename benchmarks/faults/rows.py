@@ -35,6 +35,7 @@ class Row:
     env: dict[str, str] = field(default_factory=dict)  # extra OUTGROW_* of the row's server
     tmpfs_mib: int = 0  # the row's data dir on a tmpfs of this size (disk full) …
     tmpfs_at: str = ""  # … or only this directory of it
+    known_bug: str = ""  # a failure found and not fixed yet (tests: strict xfail)
 
 
 # The registry: `make faults` runs these in this order. A row for a feature that is not
@@ -231,7 +232,14 @@ def _kill_agent(w: World, iid: str) -> None:
     os.kill(w.agent_pid(iid), signal.SIGKILL)
 
 
-@row("agent-kill-source", "agent kill -9 (source)", "Floating: frozen, dump starting", T_FAULTS)
+@row(
+    "agent-kill-source",
+    "agent kill -9 (source)",
+    "Floating: frozen, dump starting",
+    T_FAULTS,
+    known_bug="the move fails and the job is recorded Executing on the source, but it stays "
+    "frozen: its agent (which froze it for the dump) is dead and nothing restarts it",
+)
 def agent_kill_source(w: World) -> Outcome:
     return _move_fails_at_dump(w, lambda w, s, t: _kill_agent(w, s))
 

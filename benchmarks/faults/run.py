@@ -37,6 +37,8 @@ from netguard import EgressGuard  # noqa: E402
 
 def run_row(r: Row, root: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"key": r.key, "fault": r.fault, "phase": r.phase, "test": r.test}
+    if r.known_bug:
+        res["known_bug"] = r.known_bug
     if r.fn is None:
         return {**res, "outcome": f"not run: {r.pending}", "work_lost": "", "leftovers": []}
     t0 = time.monotonic()
@@ -86,6 +88,30 @@ def table(results: list[dict[str, Any]]) -> Table:
     return t
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The table of a run's JSON as Markdown (docs/reliability.md)."""
+    head = "| fault | phase | outcome (job state after) | work lost | leftovers | result | test |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        verdict = "—" if "passed" not in r else ("pass" if r["passed"] else "**FAIL**")
+        outcome = r["outcome"] + (f": {r['error'][:160]}" if r.get("error") else "")
+        if r.get("known_bug") and not r.get("passed"):
+            outcome += f" — known bug: {r['known_bug']}"
+        cells = [
+            r["fault"],
+            r["phase"],
+            outcome,
+            r["work_lost"] or "—",
+            ", ".join(r["leftovers"]) or "none",
+            verdict,
+            f"`{r['test']}`" if r["test"] else "only here",
+        ]
+        lines.append(
+            "| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def write(out: Path, started: dt.datetime, results: list[dict[str, Any]]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "rows": results}
@@ -97,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated row keys")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "faults.json")
     ap.add_argument("--list", action="store_true", help="list the rows and exit")
+    ap.add_argument("--markdown", type=Path, help="print the table of this JSON as Markdown")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     rows = ROWS
     if args.list:
         for r in rows:

@@ -21,7 +21,15 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 HERE = [r for r in ROWS if r.test.startswith("tests/root/test_faults.py::")]
 
 
-@pytest.mark.parametrize("key", [r.key for r in HERE])
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(r.key, marks=pytest.mark.xfail(reason=r.known_bug, strict=True))
+        if r.known_bug
+        else r.key
+        for r in HERE
+    ],
+)
 def test_fault(tmp_path: Path, key: str) -> None:
     r = next(r for r in HERE if r.key == key)
     assert r.fn is not None
