@@ -265,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         problem = guard.check()
     finally:
         guard.stop()
-    result |= {"leftovers": result_left, "egress": problem or "none", "config": vars(args)}
-    result["config"]["out"] = str(args.out)
+    config = {**vars(args), "out": str(args.out)}
+    result |= {"leftovers": result_left, "egress": problem or "none", "config": config}
     result["started"] = started.isoformat(timespec="seconds")
+    print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
     ok = (
         result["errors_5xx"] == 0
         and result["dropped_kernel_messages"] == 0
