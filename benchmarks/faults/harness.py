@@ -205,9 +205,17 @@ class World:
         self._end_jobs()
         self.srv.stop()
         mine = {f"link {bridge_name(self.prefix)}"} | {f"mount {m}" for m in self.mounts}
-        left = [
-            x for x in leftovers(self.prefix, str(self.tmp)) + self.processes() if x not in mine
-        ]
+
+        def remaining() -> list[str]:
+            found = leftovers(self.prefix, str(self.tmp)) + self.processes()
+            return [x for x in found if x not in mine]
+
+        # What goes away by itself soon (a lazily unmounted volume's loop device, freed
+        # with its last user) is not left behind: give it 15 s.
+        try:
+            left = wait_for_value(remaining, lambda v: not v, timeout=15, what="", interval=0.5)
+        except AssertionError:
+            left = remaining()
         try:
             self.provider().teardown()
         finally:
