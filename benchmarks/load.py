@@ -37,6 +37,13 @@ from jupyter_ws import KernelSession, create_kernel  # noqa: E402
 from netguard import EgressGuard  # noqa: E402
 
 
+def _why(exc: Exception) -> str:
+    """An error, with the body of a refused WebSocket upgrade (the proxy's reason)."""
+    body = getattr(getattr(exc, "response", None), "body", None)
+    extra = f": {bytes(body)[:300]!r}" if body else ""
+    return f"{type(exc).__name__}: {exc}{extra}"
+
+
 def rss_mib(pid: int) -> float:
     for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
         if ln.startswith("VmRSS:"):
@@ -105,13 +112,17 @@ class Load:
 
     def ws_client(self, n: int) -> None:
         ref = self.notebooks[n % len(self.notebooks)]
+        t_start = time.monotonic()
         try:
             url = self.w.job(ref)["url"]
             kid = create_kernel(url, self.w._token or "")
             ks = KernelSession(url, self.w._token or "", kid)
         except Exception as exc:
             with self.lock:
-                self.ws_errors.append(f"client {n} could not start: {exc}")
+                self.ws_errors.append(
+                    f"client {n} could not start ({time.monotonic() - t_start:.1f} s, job "
+                    f"{ref} {self.w.job(ref)['status']}): {_why(exc)}"
+                )
             return
         i = 0
         try:
@@ -126,7 +137,7 @@ class Load:
                 i += 1
         except Exception as exc:
             with self.lock:
-                self.ws_errors.append(f"client {n} at cell {i}: {type(exc).__name__}: {exc}")
+                self.ws_errors.append(f"client {n} at cell {i}: {_why(exc)}")
         finally:
             ks.close()
 

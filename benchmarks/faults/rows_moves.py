@@ -61,19 +61,23 @@ def cp_kill_dump(w: World) -> Outcome:
     return where(w, ref, src)
 
 
-@row("cp-kill-prepare", "control plane kill -9", "Floating: target's page server starting")
+@row(
+    "cp-kill-prepare", "control plane kill -9", "Floating: target's page server starting", T_FAULTS
+)
 def cp_kill_prepare(w: World) -> Outcome:
     ref, src = _kill_cp_at_hold(w, "page-server")
     return where(w, ref, src)
 
 
-@row("cp-kill-restore", "control plane kill -9", "Floating: pages moved, restore starting")
+@row(
+    "cp-kill-restore", "control plane kill -9", "Floating: pages moved, restore starting", T_FAULTS
+)
 def cp_kill_restore(w: World) -> Outcome:
     ref, src = _kill_cp_at_hold(w, "restore")
     return where(w, ref, src)
 
 
-@row("cp-kill-commit", "control plane kill -9", "Floating: restored, commit sent")
+@row("cp-kill-commit", "control plane kill -9", "Floating: restored, commit sent", T_FAULTS)
 def cp_kill_commit(w: World) -> Outcome:
     """The source agent is stopped (SIGSTOP) while the target restores, so the control
     plane's commit waits on it; then the control plane dies, the source agent goes on."""
@@ -247,6 +251,7 @@ def _fill(w: World, s: str, t: str) -> None:
     "disk-full",
     "disk full (the instances' filesystem: the target's images)",
     "Floating: frozen, dump starting",
+    T_FAULTS,
     tmpfs_mib=768,
     tmpfs_at="instances",
 )
@@ -257,7 +262,7 @@ def disk_full(w: World) -> Outcome:
         (w.small / "filler").unlink(missing_ok=True)
 
 
-@row("db-disk-full", "disk full under the database", "Executing", tmpfs_mib=256)
+@row("db-disk-full", "disk full under the database", "Executing", T_FAULTS, tmpfs_mib=256)
 def db_disk_full(w: World) -> Outcome:
     """The data dir's filesystem (the database's) fills up: the API says 503 (the store
     is unavailable), never 500; the job runs on; once space is freed all works again."""

@@ -89,7 +89,9 @@ def table(results: list[dict[str, Any]]) -> Table:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The table of a run's JSON as Markdown (docs/reliability.md)."""
+    """The table of a run's JSON as Markdown (docs/reliability.md); the test column from
+    the registry as it is now."""
+    tests = {r.key: r.test for r in ROWS}
     head = "| fault | phase | outcome (job state after) | work lost | leftovers | result | test |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -104,7 +106,9 @@ def markdown(doc: dict[str, Any]) -> str:
             r["work_lost"] or "—",
             ", ".join(r["leftovers"]) or "none",
             verdict,
-            f"`{r['test']}`" if r["test"] else "only here",
+            f"`{tests.get(r['key'], r['test'])}`"
+            if tests.get(r["key"], r["test"])
+            else "only here",
         ]
         lines.append(
             "| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |"
