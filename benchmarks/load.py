@@ -68,6 +68,7 @@ class Load:
         self.rss: list[float] = []
         self.jobs: list[str] = []
         self.notebooks: list[str] = []
+        self.sessions: dict[int, KernelSession] = {}
 
     # -- set-up ------------------------------------------------------------------------------
     def submit_all(self) -> None:
@@ -110,19 +111,28 @@ class Load:
                     self.codes[code] += 1
                 i += 1
 
-    def ws_client(self, n: int) -> None:
+    def connect_ws(self, n: int) -> None:
+        """Set-up: client ``n``'s kernel (on notebook n mod K) and its first cell, before
+        the load starts (a kernel's first handshake waits for the kernel to be ready)."""
         ref = self.notebooks[n % len(self.notebooks)]
         t_start = time.monotonic()
         try:
             url = self.w.job(ref)["url"]
             kid = create_kernel(url, self.w._token or "")
             ks = KernelSession(url, self.w._token or "", kid)
+            if ks.run("0", timeout=180).result != "0":
+                raise RuntimeError("the first cell did not answer 0")
+            self.sessions[n] = ks
         except Exception as exc:
             with self.lock:
                 self.ws_errors.append(
                     f"client {n} could not start ({time.monotonic() - t_start:.1f} s, job "
                     f"{ref} {self.w.job(ref)['status']}): {_why(exc)}"
                 )
+
+    def ws_client(self, n: int) -> None:
+        ks = self.sessions.get(n)
+        if ks is None:
             return
         i = 0
         try:
@@ -180,6 +190,13 @@ class Load:
         a = self.args
         t0 = time.monotonic()
         self.submit_all()
+        connecting = [
+            threading.Thread(target=self.connect_ws, args=(n,)) for n in range(a.ws_clients)
+        ]
+        for t in connecting:
+            t.start()
+        for t in connecting:
+            t.join(300)
         setup_s = time.monotonic() - t0
         rss_before = rss_mib(self.w.srv.proc.pid)
         threads = [threading.Thread(target=self.sampler)]
@@ -210,6 +227,7 @@ class Load:
             "status_codes": dict(self.codes),
             "errors_5xx": sum(n for c, n in self.codes.items() if c.startswith("5")),
             "transport_errors": sum(n for c, n in self.codes.items() if not c.isdigit()),
+            "ws_clients_connected": len(self.sessions),
             "cells_sent": self.cells_sent,
             "cells_answered": self.cells_answered,
             "dropped_kernel_messages": self.cells_sent - self.cells_answered,
