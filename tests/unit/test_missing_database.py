@@ -25,3 +25,14 @@ def test_instances_without_their_database_are_refused(tmp_path: Path) -> None:
         refuse_missing_database(tmp_path, tmp_path / "outgrow.db")
     (tmp_path / "outgrow.db").write_bytes(b"")  # there: the store decides
     refuse_missing_database(tmp_path, tmp_path / "outgrow.db")
+
+
+def test_a_damaged_database_is_refused_clearly(tmp_path: Path) -> None:
+    from outgrow.errors import ConfigError
+    from outgrow.store import Store
+
+    db = tmp_path / "outgrow.db"
+    db.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(ConfigError, match=r"outgrow\.db is damaged \(file is not a database\)"):
+        Store.open(f"sqlite:///{db}")
+    assert db.read_bytes() == b"this is not a database" * 200  # nothing was changed
