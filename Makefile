@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup up test bench lint typecheck lock clean-leftovers
+.PHONY: setup up test bench faults load lint typecheck lock clean-leftovers
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,14 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The reliability fault matrix (docs/reliability.md): needs root, ~15 min; not part of `make test`.
+faults: setup
+	$(PY) benchmarks/faults/run.py $(FAULTS_ARGS)
+
+# Load: jobs moving while API and WebSocket clients hammer the control plane (root, ~3 min).
+load: setup
+	$(PY) benchmarks/load.py $(LOAD_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

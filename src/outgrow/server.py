@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from outgrow import credentials, web
 from outgrow.api.app import create_api
-from outgrow.controlplane.datadir import DataDirLock
+from outgrow.controlplane.datadir import DataDirLock, refuse_missing_database
 from outgrow.controlplane.service import ControlPlane
 from outgrow.errors import StoreUnavailable
 from outgrow.proxy import ProxyRoute, StableUrlProxy
@@ -87,7 +87,11 @@ def _serve(settings: Settings, write_credentials: bool) -> None:
 
     from outgrow.providers.base import get_provider
 
-    url = settings.database_url or f"sqlite:///{settings.data_dir / 'outgrow.db'}"
+    url = settings.database_url
+    if url is None:
+        db = settings.data_dir / "outgrow.db"
+        refuse_missing_database(settings.data_dir, db)
+        url = f"sqlite:///{db}"
     store = open_store(url, settings.database_wait_s)
     provider = get_provider(settings.provider, settings)
     public = f"http://{settings.host}:{settings.port}"

@@ -27,6 +27,7 @@ def test_which_errors_mean_unavailable() -> None:
         return OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
 
     assert is_unavailable(op("database is locked"), "sqlite")
+    assert is_unavailable(op("database or disk is full"), "sqlite")  # 503 until space is freed
     assert not is_unavailable(op("no such table: jobs"), "sqlite")  # a bug, not an outage
     assert is_unavailable(op("connection refused"), "postgresql")
     exc = store_unavailable("postgresql+psycopg://u:secret@db:5432/og", op("refused"), where=True)

@@ -63,3 +63,19 @@ class DataDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def refuse_missing_database(data_dir: Path, db_path: Path) -> None:
+    """ConflictError if the SQLite database is gone while instances of an earlier run are
+    still in the data dir: a control plane on a fresh database would take them for
+    orphans and delete them, with the jobs running on them. A first start has none."""
+    if db_path.exists():
+        return
+    d = data_dir / "instances"
+    n = sum(1 for i in d.iterdir() if (i / "instance.json").exists()) if d.is_dir() else 0
+    if n:
+        raise ConflictError(
+            f"the database {db_path} is missing, but {n} instance(s) of an earlier run remain "
+            f"in {d}: refusing to start on an empty database, which would delete them as "
+            "leftovers. Restore the database, or remove them with `outgrow cleanup`."
+        )

@@ -34,6 +34,12 @@ from outgrow.proxy.request import Incoming
 
 log = logging.getLogger("outgrow.proxy")
 
+# The upstream connections' own logger: websockets logs every handshake header at DEBUG,
+# and ours carry the job's Jupyter token (or, for a hub, the user's cookie). Never below
+# INFO, whatever the root logger's level.
+_UPSTREAM_LOG = logging.getLogger("outgrow.proxy.upstream")
+_UPSTREAM_LOG.setLevel(logging.INFO)
+
 MAX_QUEUED_MESSAGES = 10_000
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 _UNSENDABLE = frozenset({1005, 1006, 1015})  # reserved close codes, never on the wire
@@ -64,6 +70,7 @@ async def open_upstream(req: Incoming, target: Target, subprotocols: list[str]) 
         close_timeout=2,
         ping_interval=20,
         ping_timeout=60,
+        logger=_UPSTREAM_LOG,
     )
 
 

@@ -27,7 +27,7 @@ from outgrow.store.models import Job, User
 UNAVAILABLE_MESSAGE = "the control plane's database is unavailable; try again shortly"
 # SQLite reports its own bugs (no such table, syntax) as OperationalError too: only these
 # mean "the file cannot be used right now".
-SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly")
+SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly", "disk is full")
 
 
 def is_unavailable(exc: BaseException, backend: str) -> bool:

@@ -28,7 +28,7 @@ from outgrow.domain.states import (
     is_terminal,
     parse_state,
 )
-from outgrow.errors import ConflictError, NotFoundError, ValidationError
+from outgrow.errors import ConfigError, ConflictError, NotFoundError, ValidationError
 from outgrow.store.accounts import AccountsMixin
 from outgrow.store.base import (
     flush_or_conflict,
@@ -101,6 +101,9 @@ class Store(AccountsMixin, SnapshotsMixin):
             upgrade(engine)
         except (DBAPIError, PoolTimeout) as exc:
             engine.dispose()
+            damaged = _damaged_sqlite(engine.url, exc)
+            if damaged is not None:
+                raise damaged from exc
             if not is_unavailable(exc, engine.url.get_backend_name()):
                 raise
             raise store_unavailable(engine.url, exc, where=True) from exc
@@ -385,3 +388,18 @@ class Store(AccountsMixin, SnapshotsMixin):
             result = s.execute(delete(Metric).where(Metric.t < older_than))
             assert isinstance(result, CursorResult)
             return int(result.rowcount)
+
+
+SQLITE_DAMAGED = ("file is not a database", "database disk image is malformed")
+
+
+def _damaged_sqlite(url: Any, exc: BaseException) -> ConfigError | None:
+    """A clear, final error for an SQLite file that is not (or no longer) a database:
+    nothing is touched, and waiting would not help."""
+    reason = str(getattr(exc, "orig", exc))
+    if url.get_backend_name() != "sqlite" or not any(m in reason for m in SQLITE_DAMAGED):
+        return None
+    return ConfigError(
+        f"the database {url.database} is damaged ({reason}): restore it from a backup; "
+        "nothing was changed"
+    )
