@@ -3,8 +3,7 @@ a :class:`Row` whose function gets a started :class:`harness.World` and returns 
 :class:`harness.Outcome` it checked (raising :class:`harness.RowFailed` when the job was
 lost, duplicated, restarted or left wrong). The rows themselves: rows_moves.py (the
 control plane, agents, CRIU, the page server, disks and networks failing around a move)
-and rows_api.py (API races, memory, control planes, the database; at its end, the rows
-registered ahead of their feature: HOST REBOOT, for periodic snapshots)."""
+and rows_api.py (API races, memory, control planes, the database, the host restarting)."""
 
 from __future__ import annotations
 

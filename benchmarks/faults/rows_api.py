@@ -1,8 +1,9 @@
 """Fault-matrix rows: API races, memory, control planes and the database (see
-registry.py); and the rows registered ahead of their feature."""
+registry.py); and the host restarting."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -11,9 +12,10 @@ from collections.abc import Callable
 
 import httpx
 from harness import COUNTER, Outcome, RowFailed, World
-from registry import ROWS, T_FAULTS, Row, row
+from registry import T_FAULTS, row
 from rows_moves import where as _where
 
+from hostreboot import simulate_reboot
 from waiting import holds_for, wait_until
 
 # ---- races through the API ------------------------------------------------------------------
@@ -244,17 +246,63 @@ def db_deleted(w: World) -> Outcome:
     return _db_refused(w, lambda: (w.tmp / "outgrow.db").unlink(), "deleted")
 
 
-# ---- registered ahead of their feature ------------------------------------------------------
+# ---- the host ---------------------------------------------------------------------------
 
-# HOST REBOOT: the periodic-snapshots work adds this row's function (the host restarts:
-# every instance is gone; the job comes back from its last periodic checkpoint).
-ROWS.append(
-    Row(
-        "host-reboot",
-        "host reboot",
-        "Executing (periodic checkpoints on)",
-        "",
-        None,
-        pending="needs periodic snapshots + host-restart recovery (not merged yet)",
-    )
+RESTORED = re.compile(
+    r"restored from checkpoint of (\d\d:\d\d:\d\d) after host restart \(lost (\d+) s of work\)"
 )
+T_HOST = (
+    "tests/root/test_host_restart.py::"
+    "test_outgrow_up_after_a_host_restart_restores_the_notebook_from_its_last_snapshot"
+)
+
+
+@row("host-reboot", "host reboot", "Executing (snapshots every 10 s)", T_HOST)
+def host_reboot(w: World) -> Outcome:
+    """Everything of the row's instances dies with the "host" (processes, netns, veths,
+    bridge, cgroups, mounts); the data dir survives. `outgrow up` again: the job comes back
+    from its last periodic snapshot on a new instance, and says how much work was lost."""
+    ref = w.submit(checkpoint_interval="10s")
+    first = w.job(ref)["instance"]["id"]
+    wait_until(
+        lambda: len(w.get(f"/jobs/{ref}/snapshots").json()) >= 1,
+        timeout=90,
+        interval=0.5,
+        what="a periodic snapshot of the job",
+    )
+    w.kill9()
+    simulate_reboot(w.tmp, w.prefix)  # the job's log is on its volume, unmounted with it
+    w.restart()
+    j = w.wait_for(
+        ref,
+        lambda j: (
+            j["status"] == "Executing"
+            and any(RESTORED.search(e["reason"]) for e in j.get("events", []))
+        ),
+        "the job to be restored from its snapshot",
+        timeout=180,
+    )
+    if j["instance"]["id"] == first:
+        raise RowFailed("the job claims the instance that went with the host")
+    live = [i for i in j["instances"] if i["ended_at"] is None]
+    on_host = sorted(i.id for i in w.instances())
+    if len(live) != 1 or on_host != [j["instance"]["id"]]:
+        raise RowFailed(f"live instances {live}, on the host {on_host}: duplicated/leaked")
+    n = len(w.counter(ref))
+    wait_until(  # the restored job counts on (from its snapshot's count)
+        lambda: len(w.counter(ref)) > n + 5, timeout=30, what="the restored job to count on"
+    )
+    m = w.counter(ref)
+    # Where the count went back to the snapshot's (the log is appended to): one step back
+    # at most, then continuous; never a restart from 1 on a job that had counted further.
+    backs = [k for k in range(1, len(m)) if m[k] != m[k - 1] + 1]
+    if len(backs) > 1 or (backs and not 1 < m[backs[0]] <= m[backs[0] - 1]):
+        raise RowFailed(f"the count after the restart is not the snapshot's: {m[-12:]}")
+    lost = m[backs[0] - 1] - m[backs[0]] + 1 if backs else 0
+    ev = next(RESTORED.search(e["reason"]) for e in j["events"] if RESTORED.search(e["reason"]))
+    assert ev is not None
+    out = Outcome(
+        f"Executing on {j['instance']['id']} (new)",
+        f"{lost} counts since the snapshot of {ev.group(1)} (event: lost {ev.group(2)} s)",
+    )
+    return out
