@@ -198,8 +198,6 @@ def _kill_agent(w: World, iid: str) -> None:
     "agent kill -9 (source)",
     "Floating: frozen, dump starting",
     T_FAULTS,
-    known_bug="the move fails and the job is recorded Executing on the source, but it stays "
-    "frozen: its agent (which froze it for the dump) is dead and nothing restarts it",
 )
 def agent_kill_source(w: World) -> Outcome:
     return _move_fails_at_dump(w, lambda w, s, t: _kill_agent(w, s))

@@ -7,18 +7,22 @@ last real error line and whose detail is the tail of its log.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from outgrow.errors import CheckpointError, ConfigError
 
 EXTERNAL_NET_KEY = "extnet"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Lines CRIU prints as "Error" that do not make an operation fail.
 _HARMLESS = ("RLIMIT_NOFILE", "Could not process rule")
 
@@ -55,6 +59,21 @@ def free_port(address: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _dies_with(parent: int) -> Callable[[], None]:
+    """For a CRIU run the calling thread waits for: SIGKILL it if the agent dies. An
+    orphaned dump would go on and leave the job stopped with nobody to resume it; killed,
+    it lets go of the tree (still frozen: a new agent resumes it, Agent.resume_interrupted).
+    Not for the page server: PR_SET_PDEATHSIG follows the *thread* that started it."""
+
+    def child() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the agent died before prctl
+            os._exit(1)
+
+    return child
+
+
 class Criu:
     def __init__(self, binary: Path):
         self.binary = binary
@@ -79,6 +98,7 @@ class Criu:
                 timeout=timeout,
                 pass_fds=pass_fds,
                 check=False,
+                preexec_fn=_dies_with(os.getpid()),
             )
         except subprocess.TimeoutExpired as exc:
             raise CheckpointError(f"criu {what} timed out after {timeout:g} s") from exc

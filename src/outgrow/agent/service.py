@@ -96,6 +96,7 @@ class Agent:
 
     # ---- lifecycle ------------------------------------------------------------------
     def start_background(self) -> None:
+        self.resume_interrupted()
         threading.Thread(
             target=self.sampler.loop, args=(self._stop,), name="metrics", daemon=True
         ).start()
@@ -108,6 +109,23 @@ class Agent:
 
     def close(self) -> None:
         self._stop.set()
+
+    def resume_interrupted(self) -> None:
+        """A job found frozen while its state says it runs was being checkpointed when
+        the previous agent died (its CRIU died with it, checkpoint._dies_with): nobody
+        else will resume it, so this agent does. A CHECKPOINTED job stays as it is: the
+        control plane commits or aborts it."""
+        core = self.core
+        job = core.job
+        if job is None or job.phase not in (AgentPhase.RUNNING, AgentPhase.STARTING):
+            return
+        with core.lock:
+            if core.cgroup.exists() and core.cgroup.frozen():
+                log.warning(
+                    "job %s was left frozen by a checkpoint its agent did not finish: resumed",
+                    job.job_id,
+                )
+                self.moves.resume_after_failure()
 
     def health(self) -> Health:
         job = self.core.job

@@ -43,7 +43,7 @@ from outgrow.errors import (
     OutgrowError,
     ProviderError,
 )
-from outgrow.providers.base import InstanceInfo, Provider
+from outgrow.providers.base import Capability, InstanceInfo, Provider
 
 log = logging.getLogger("outgrow.migrate")
 Transfer = Literal["page-server", "copy"]
@@ -144,6 +144,7 @@ class Migrator:
                     exc, JobLostError | CancelledError
                 ):
                     raise
+                self._revive_source(source)
                 raise MigrationError(
                     f"migration of job {job_id} failed, the job keeps running on "
                     f"{source.id}: {exc}",
@@ -162,6 +163,25 @@ class Migrator:
                 "total_s": round(time.monotonic() - t_all, 4),
             }
         )
+
+    def _revive_source(self, source: InstanceInfo) -> None:
+        """After a failed move: a source agent that died during it (it had frozen the job
+        for the dump) is started again, and the new agent resumes the tree it finds frozen
+        (agent.service.Agent.resume_interrupted). Otherwise the job would stay frozen."""
+        try:
+            with self.connect(source, 5.0) as a:
+                a.health()
+            return
+        except OutgrowError as exc:
+            log.warning("the agent of %s does not answer after the move: %s", source.id, exc)
+        if not self.provider.supports(Capability.RESTART_AGENT):
+            log.error("cannot restart the agent of %s: the job may stay frozen", source.id)
+            return
+        try:
+            self.provider.restart_agent(source.id)
+            log.warning("restarted the agent of %s: it resumes the job", source.id)
+        except OutgrowError as exc:
+            log.error("could not restart the agent of %s: %s", source.id, exc)
 
     def _dump(
         self,
