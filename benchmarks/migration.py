@@ -19,8 +19,16 @@ For each data size S, in one run (so ratios compare like with like):
    directory on a loop volume that moves with it; ``repeat`` migrations, each checked like
    the others, plus the volume mounted on the target with the marker left in it.
 
-``modes`` (``--modes``) picks among the three: without page-server and copy there is no
-raw CRIU or reload either (they run on the first job).
+6. "postcopy" mode: the same job moved with post-copy (lazy pages): the downtime ends
+   when the job runs on the target; its memory follows (the drain, timed apart, with the
+   pages pulled); the CRC32 is checked after the drain, like the others.
+
+``modes`` (``--modes``) picks among them: without page-server and copy there is no raw
+CRIU or reload either (they run on the first job).
+
+Before the sizes, ``limits()`` measures in the same run what no move can beat here: the
+first touch of fresh memory and a loopback TCP stream (GB/s); every row gives its
+downtime over the time to carry its data once at the slower of the two ("limit").
 
 Every instance lives under a resource prefix of its own ("ob" + 3 hex) and an address pool
 of its own; all of them are deleted (try/finally, provider.teardown()) even on Ctrl-C.
@@ -35,8 +43,10 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,7 +57,7 @@ import httpx
 import volume
 from polling import poll_until
 from rich.table import Table
-from summary import COLUMNS, GIB, MODES, pick_type, required_memory_gib, summarise_size
+from summary import COLUMNS, GB, GIB, MODES, pick_type, required_memory_gib, summarise_size
 
 from outgrow.agentapi.models import CheckpointRequest, ImageBody, RestoreRequest, StartJob
 from outgrow.domain.images import BUILTIN_IMAGES
@@ -412,6 +422,7 @@ class SizeRun:
             mode = self.modes[i % len(self.modes)]
             # Migrator moves a job whose directory is not shared in copy mode by itself.
             transfer = "copy" if mode == volume.MODE else mode
+            transfer = "page-server" if mode == "postcopy" else transfer
             assert self.inst is not None
             source = self.inst
             self.disconnect()
@@ -423,6 +434,7 @@ class SizeRun:
                     transfer=transfer,  # type: ignore[arg-type]
                     reason="benchmark",
                     on_step=lambda s: None,
+                    mode="postcopy" if mode == "postcopy" else "plain",
                 )
             except MigrationError as exc:
                 # The contract: the job keeps running on the source, nothing lost.
@@ -437,10 +449,12 @@ class SizeRun:
             if new is None:
                 raise BenchFailure(f"target instance {r.target_instance} vanished")
             self.inst = new
-            rec = {"mode": mode, **r.to_dict(), "wall_s": round(wall, 4)}
+            rec = {**r.to_dict(), "move_mode": r.mode, "mode": mode, "wall_s": round(wall, 4)}
             rec.update(self.verify(f"migration {i + 1} ({mode})"))
             self.rec["migrations"].append(rec)
             moved = f" storage {r.storage_s:.2f}" if mode == volume.MODE else ""
+            if r.mode == "postcopy":
+                moved += f"; drain {r.drain_s:.2f} s ({r.lazy_pages * 4096 / GIB:.2f} GiB)"
             self.say(
                 f"  move {i + 1}/{n} {mode:11s} downtime {r.downtime_s:.2f} s "
                 f"(freeze {r.freeze_s:.2f} dump {r.dump_s:.2f} transfer {r.transfer_s:.2f}"
@@ -521,6 +535,58 @@ class SizeRun:
             )
 
 
+# ---- limits of this machine ----------------------------------------------------------
+def first_touch_gb_s(nbytes: int = 1024**3) -> float:
+    """Fresh anonymous memory, written once (malloc'd afresh: every page a first touch)."""
+    t0 = time.perf_counter()
+    data = b"\x01" * nbytes
+    dt = time.perf_counter() - t0
+    del data
+    return nbytes / dt / GB
+
+
+def loopback_tcp_gb_s(nbytes: int = 2 * 1024**3, chunk: int = 4 * 1024**2) -> float:
+    """One TCP stream over 127.0.0.1 (what CRIU's page server and lazy pages use)."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        got = [0]
+
+        def receive() -> None:
+            conn, _ = srv.accept()
+            buf = bytearray(chunk)
+            with conn:
+                while n := conn.recv_into(buf):
+                    got[0] += n
+
+        rx = threading.Thread(target=receive)
+        rx.start()
+        payload = memoryview(b"\x01" * chunk)
+        t0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as tx:
+            sent = 0
+            while sent < nbytes:
+                tx.sendall(payload)
+                sent += chunk
+        rx.join()
+        dt = time.perf_counter() - t0
+    return got[0] / dt / GB
+
+
+def limits(say: Say, repeat: int = 3) -> dict[str, float]:
+    """Medians of ``repeat`` runs of each rate (GB/s)."""
+    touch = sorted(first_touch_gb_s() for _ in range(repeat))
+    tcp = sorted(loopback_tcp_gb_s() for _ in range(repeat))
+    out = {
+        "first_touch_gb_s": round(touch[len(touch) // 2], 3),
+        "loopback_tcp_gb_s": round(tcp[len(tcp) // 2], 3),
+    }
+    say(
+        f"limits: first touch {out['first_touch_gb_s']} GB/s, loopback TCP "
+        f"{out['loopback_tcp_gb_s']} GB/s"
+    )
+    return out
+
+
 # ---- the benchmark ------------------------------------------------------------------
 def _free_pool(prefix: str) -> str:
     """A 198.19.<n>.0/24 reserved host-wide for ``prefix`` (no concurrent run gets it)."""
@@ -575,6 +641,7 @@ def run(
         "state_basis_of_target": "median checkpoint bytes (decimal GB)",
         "sizes": [],
         "rows": [],
+        "limits": limits(say),
     }
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
@@ -587,7 +654,7 @@ def run(
                     rec = volume.merge(rec, vrec)
                 assert rec is not None
                 result["sizes"].append(rec)
-                result["rows"] += summarise_size(rec)
+                result["rows"] += summarise_size(rec, result["limits"])
         finally:
             # No second Ctrl-C may interrupt the cleanup.
             old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -619,7 +686,10 @@ def table(result: dict[str, Any]) -> Table:
         "volume = the job directory on a loop volume moved with the job (copy mode; storage = "
         "unmount, detach, attach, mount, inside the downtime); /ps and /copy = downtime over "
         "those modes'; raw = criu dump / restore through the agent, no page server, no copy, "
-        "same instance; reload = new kernel + rebuild the data",
+        "same instance; reload = new kernel + rebuild the data; postcopy = the memory follows "
+        "the restored job (drain, not in the downtime; pull = its rate); limit = the data "
+        "once at the slower of first touch and loopback TCP, measured in this run "
+        f"({_limits_text(result.get('limits'))})",
         header_style="bold",
     )
     for name, justify, _ in COLUMNS:
@@ -629,6 +699,15 @@ def table(result: dict[str, Any]) -> Table:
     for r in result["rows"]:
         t.add_row(*(cell(r) for _, _, cell in COLUMNS))
     return t
+
+
+def _limits_text(lim: dict[str, float] | None) -> str:
+    if not lim:
+        return "not measured"
+    return (
+        f"first touch {lim['first_touch_gb_s']:.2f} GB/s, loopback TCP "
+        f"{lim['loopback_tcp_gb_s']:.2f} GB/s"
+    )
 
 
 def problems(result: dict[str, Any]) -> list[str]:

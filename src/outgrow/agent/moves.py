@@ -36,7 +36,7 @@ import httpx
 
 from outgrow.agent.checkpoint import images_size, lazy_pages_copied
 from outgrow.agent.core import AgentCore
-from outgrow.agent.netalias import borrowed_address
+from outgrow.agent.netalias import borrowed_address, nonlocal_bind
 from outgrow.agent.runtime import JobProcess, proc_start_ticks, signal_pids, wait_gone
 from outgrow.agent.sandbox import Sandbox, mounted_root
 from outgrow.agent.state import AgentJob
@@ -393,13 +393,12 @@ class Moves:
                     pages_from = (req.lazy_address, req.lazy_port)
                     self._pulling = Lazy(a.criu.start_lazy_pages(images, pages_from), images)
                 source = images / "source-address"
+                source_address = source.read_text().strip() if source.exists() else None
                 with (
                     mounted_root(sandbox, self.cfg.root_mount(job.job_id)) as root,
-                    borrowed_address(
-                        self.cfg.netns_path,
-                        source.read_text().strip() if source.exists() else None,
-                        self.cfg.address,
-                    ),
+                    nonlocal_bind(self.cfg.netns_path)
+                    if lazy
+                    else borrowed_address(self.cfg.netns_path, source_address, self.cfg.address),
                 ):
                     pid, run = a.criu.restore(
                         images,
@@ -407,6 +406,9 @@ class Moves:
                         cgroup_roots=a.cgroup.criu_cgroup_roots(),
                         extra=sandbox.criu_restore_args(root),
                         lazy=lazy,
+                        # Without the memory a restore takes a second; one whose lazy-pages
+                        # died can hang instead of failing (seen once): do not wait long.
+                        timeout=120 if lazy else 600,
                     )
                 if self._pulling is not None:
                     self._pulling.since = time.monotonic()  # the drain starts now
