@@ -419,7 +419,9 @@ class Moves:
                 job.phase, job.restored, job.oom_stalled_at = AgentPhase.RUNNING, True, None
                 a.job = job
                 if job.launch.is_jupyter:
-                    a.wait_jupyter(job.launch, timeout=20)
+                    # Post-copy: every page the server touches first comes over the
+                    # network, on demand; on a loaded host that takes longer.
+                    a.wait_jupyter(job.launch, timeout=60 if lazy else 20)
             except BaseException:
                 self._stop_pulling()
                 a.cgroup.kill_all()
