@@ -43,10 +43,8 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,9 +53,10 @@ from typing import Any
 
 import httpx
 import volume
+from limits import limits, limits_text
 from polling import poll_until
 from rich.table import Table
-from summary import COLUMNS, GB, GIB, MODES, pick_type, required_memory_gib, summarise_size
+from summary import COLUMNS, GIB, MODES, pick_type, required_memory_gib, summarise_size
 
 from outgrow.agentapi.models import CheckpointRequest, ImageBody, RestoreRequest, StartJob
 from outgrow.domain.images import BUILTIN_IMAGES
@@ -535,58 +534,6 @@ class SizeRun:
             )
 
 
-# ---- limits of this machine ----------------------------------------------------------
-def first_touch_gb_s(nbytes: int = 1024**3) -> float:
-    """Fresh anonymous memory, written once (malloc'd afresh: every page a first touch)."""
-    t0 = time.perf_counter()
-    data = b"\x01" * nbytes
-    dt = time.perf_counter() - t0
-    del data
-    return nbytes / dt / GB
-
-
-def loopback_tcp_gb_s(nbytes: int = 2 * 1024**3, chunk: int = 4 * 1024**2) -> float:
-    """One TCP stream over 127.0.0.1 (what CRIU's page server and lazy pages use)."""
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        port = srv.getsockname()[1]
-        got = [0]
-
-        def receive() -> None:
-            conn, _ = srv.accept()
-            buf = bytearray(chunk)
-            with conn:
-                while n := conn.recv_into(buf):
-                    got[0] += n
-
-        rx = threading.Thread(target=receive)
-        rx.start()
-        payload = memoryview(b"\x01" * chunk)
-        t0 = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", port)) as tx:
-            sent = 0
-            while sent < nbytes:
-                tx.sendall(payload)
-                sent += chunk
-        rx.join()
-        dt = time.perf_counter() - t0
-    return got[0] / dt / GB
-
-
-def limits(say: Say, repeat: int = 3) -> dict[str, float]:
-    """Medians of ``repeat`` runs of each rate (GB/s)."""
-    touch = sorted(first_touch_gb_s() for _ in range(repeat))
-    tcp = sorted(loopback_tcp_gb_s() for _ in range(repeat))
-    out = {
-        "first_touch_gb_s": round(touch[len(touch) // 2], 3),
-        "loopback_tcp_gb_s": round(tcp[len(tcp) // 2], 3),
-    }
-    say(
-        f"limits: first touch {out['first_touch_gb_s']} GB/s, loopback TCP "
-        f"{out['loopback_tcp_gb_s']} GB/s"
-    )
-    return out
-
-
 # ---- the benchmark ------------------------------------------------------------------
 def _free_pool(prefix: str) -> str:
     """A 198.19.<n>.0/24 reserved host-wide for ``prefix`` (no concurrent run gets it)."""
@@ -689,7 +636,7 @@ def table(result: dict[str, Any]) -> Table:
         "same instance; reload = new kernel + rebuild the data; postcopy = the memory follows "
         "the restored job (drain, not in the downtime; pull = its rate); limit = the data "
         "once at the slower of first touch and loopback TCP, measured in this run "
-        f"({_limits_text(result.get('limits'))})",
+        f"({limits_text(result.get('limits'))})",
         header_style="bold",
     )
     for name, justify, _ in COLUMNS:
@@ -699,15 +646,6 @@ def table(result: dict[str, Any]) -> Table:
     for r in result["rows"]:
         t.add_row(*(cell(r) for _, _, cell in COLUMNS))
     return t
-
-
-def _limits_text(lim: dict[str, float] | None) -> str:
-    if not lim:
-        return "not measured"
-    return (
-        f"first touch {lim['first_touch_gb_s']:.2f} GB/s, loopback TCP "
-        f"{lim['loopback_tcp_gb_s']:.2f} GB/s"
-    )
 
 
 def problems(result: dict[str, Any]) -> list[str]:
