@@ -6,8 +6,9 @@
 * **postcopy** — the job is frozen and dumped *without* its memory pages (the source's
   CRIU keeps serving them), restored on the target at once, and its pages follow: the
   ones it touches first, then every other in the background (the *drain*). The downtime
-  does not depend on the memory (≈ 0.9 s for 1 or 4 GiB). The price: once the target runs
-  the job and until the drain ends, the job lives on two instances; if the page transfer
+  barely depends on the memory (0.84 s for 4 GiB on an idle host, docs/benchmarks.md).
+  The price: once the target runs the job and until the drain ends, the job lives on two
+  instances; if the page transfer
   breaks (the source or the network dies) the job has lost memory and is lost.
 
 ``moveMode`` in the migrate policy chooses: ``plain``, ``postcopy`` or ``auto`` (the
