@@ -8,8 +8,8 @@
   ones it touches first, then every other in the background (the *drain*). The downtime
   barely depends on the memory (0.84 s for 4 GiB on an idle host, docs/benchmarks.md).
   The price: once the target runs the job and until the drain ends, the job lives on two
-  instances; if the page transfer
-  breaks (the source or the network dies) the job has lost memory and is lost.
+  instances; if the page transfer breaks (the source or the network dies) the job has
+  lost memory and is lost.
 
 ``moveMode`` in the migrate policy chooses: ``plain``, ``postcopy`` or ``auto`` (the
 default): post-copy when the job holds at least ``postcopy_min_bytes`` (1 GiB), or for
