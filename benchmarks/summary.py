@@ -178,6 +178,8 @@ def summarise_size(
             if r.get("lazy_pages") and r.get("drain_s")
         )
         row["pull_gb_s"] = med(pulled)
+        if not any(r.get("drain_s") for r in runs):  # a plain move has no drain
+            row["drain_s"] = None
         row["intact"] = all(bool(r.get("intact")) for r in runs) and all(
             bool(r.get("intact")) for r in (*raw, *reload_)
         )

@@ -219,5 +219,5 @@ def test_postcopy_rows_against_the_limit_with_drain_and_pull_rate() -> None:
     assert post["drain_s"]["median"] == 6.0
     # 4.096 GB pulled in 4 s and in 8 s: median of 1.024 and 0.512 GB/s
     assert post["pull_gb_s"] == pytest.approx((1.024 + 0.512) / 2)
-    assert plain["pull_gb_s"] is None
+    assert plain["pull_gb_s"] is None and plain["drain_s"] is None
     assert S.plain_limit_s(GIB, None) is None and S.plain_limit_s(None, limits) is None
