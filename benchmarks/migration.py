@@ -19,8 +19,16 @@ For each data size S, in one run (so ratios compare like with like):
    directory on a loop volume that moves with it; ``repeat`` migrations, each checked like
    the others, plus the volume mounted on the target with the marker left in it.
 
-``modes`` (``--modes``) picks among the three: without page-server and copy there is no
-raw CRIU or reload either (they run on the first job).
+6. "postcopy" mode: the same job moved with post-copy (lazy pages): the downtime ends
+   when the job runs on the target; its memory follows (the drain, timed apart, with the
+   pages pulled); the CRC32 is checked after the drain, like the others.
+
+``modes`` (``--modes``) picks among them: without page-server and copy there is no raw
+CRIU or reload either (they run on the first job).
+
+Before the sizes, ``limits()`` measures in the same run what no move can beat here: the
+first touch of fresh memory and a loopback TCP stream (GB/s); every row gives its
+downtime over the time to carry its data once at the slower of the two ("limit").
 
 Every instance lives under a resource prefix of its own ("ob" + 3 hex) and an address pool
 of its own; all of them are deleted (try/finally, provider.teardown()) even on Ctrl-C.
@@ -45,6 +53,7 @@ from typing import Any
 
 import httpx
 import volume
+from limits import limits, limits_text
 from polling import poll_until
 from rich.table import Table
 from summary import COLUMNS, GIB, MODES, pick_type, required_memory_gib, summarise_size
@@ -412,6 +421,7 @@ class SizeRun:
             mode = self.modes[i % len(self.modes)]
             # Migrator moves a job whose directory is not shared in copy mode by itself.
             transfer = "copy" if mode == volume.MODE else mode
+            transfer = "page-server" if mode == "postcopy" else transfer
             assert self.inst is not None
             source = self.inst
             self.disconnect()
@@ -423,6 +433,7 @@ class SizeRun:
                     transfer=transfer,  # type: ignore[arg-type]
                     reason="benchmark",
                     on_step=lambda s: None,
+                    mode="postcopy" if mode == "postcopy" else "plain",
                 )
             except MigrationError as exc:
                 # The contract: the job keeps running on the source, nothing lost.
@@ -437,10 +448,12 @@ class SizeRun:
             if new is None:
                 raise BenchFailure(f"target instance {r.target_instance} vanished")
             self.inst = new
-            rec = {"mode": mode, **r.to_dict(), "wall_s": round(wall, 4)}
+            rec = {**r.to_dict(), "move_mode": r.mode, "mode": mode, "wall_s": round(wall, 4)}
             rec.update(self.verify(f"migration {i + 1} ({mode})"))
             self.rec["migrations"].append(rec)
             moved = f" storage {r.storage_s:.2f}" if mode == volume.MODE else ""
+            if r.mode == "postcopy":
+                moved += f"; drain {r.drain_s:.2f} s ({r.lazy_pages * 4096 / GIB:.2f} GiB)"
             self.say(
                 f"  move {i + 1}/{n} {mode:11s} downtime {r.downtime_s:.2f} s "
                 f"(freeze {r.freeze_s:.2f} dump {r.dump_s:.2f} transfer {r.transfer_s:.2f}"
@@ -575,6 +588,7 @@ def run(
         "state_basis_of_target": "median checkpoint bytes (decimal GB)",
         "sizes": [],
         "rows": [],
+        "limits": limits(say),
     }
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
@@ -587,7 +601,7 @@ def run(
                     rec = volume.merge(rec, vrec)
                 assert rec is not None
                 result["sizes"].append(rec)
-                result["rows"] += summarise_size(rec)
+                result["rows"] += summarise_size(rec, result["limits"])
         finally:
             # No second Ctrl-C may interrupt the cleanup.
             old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -619,7 +633,10 @@ def table(result: dict[str, Any]) -> Table:
         "volume = the job directory on a loop volume moved with the job (copy mode; storage = "
         "unmount, detach, attach, mount, inside the downtime); /ps and /copy = downtime over "
         "those modes'; raw = criu dump / restore through the agent, no page server, no copy, "
-        "same instance; reload = new kernel + rebuild the data",
+        "same instance; reload = new kernel + rebuild the data; postcopy = the memory follows "
+        "the restored job (drain, not in the downtime; pull = its rate); limit = the data "
+        "once at the slower of first touch and loopback TCP, measured in this run "
+        f"({limits_text(result.get('limits'))})",
         header_style="bold",
     )
     for name, justify, _ in COLUMNS:

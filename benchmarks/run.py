@@ -1,7 +1,7 @@
 """Run every benchmark (`make bench`): one table each, one JSON file with everything.
 
     .venv/bin/python benchmarks/run.py [--sizes 0.25,1,2,4] [--repeat 3] [--quick]
-        [--modes page-server,copy,volume] [--out PATH]
+        [--modes page-server,copy,postcopy,volume] [--out PATH]   (plain = page-server)
 
 The JSON (default ``benchmarks/results/<UTC timestamp>.json``, git-ignored) holds the raw
 figures of every run, the summarised rows and the machine facts (kernel, CPUs, memory,
@@ -43,7 +43,9 @@ def parse_sizes(text: str) -> list[float]:
 
 def parse_modes(text: str) -> tuple[str, ...]:
     """Migration modes, in the benchmark's order whatever the order given."""
-    modes = {m.strip() for m in text.split(",") if m.strip()}
+    # "plain" is the page-server mode (the memory before the restore).
+    modes = {"page-server" if m.strip() == "plain" else m.strip() for m in text.split(",")}
+    modes.discard("")
     if not modes or modes - set(migration.MODES):
         raise argparse.ArgumentTypeError(
             f"--modes needs one or more of {','.join(migration.MODES)}, got {text!r}"

@@ -23,12 +23,16 @@ CHECKPOINT_RSS_MAX = 1.1
 HEADROOM_FACTOR = 1.4
 HEADROOM_GIB = 0.5
 
-TIMINGS = ("freeze_s", "dump_s", "transfer_s", "restore_s", "downtime_s", "total_s")
+TIMINGS = ("freeze_s", "dump_s", "transfer_s", "restore_s", "downtime_s", "total_s", "drain_s")
 
 # The modes of the migration benchmark: the two transfer modes with the job directory shared
 # between instances, and "volume": the directory on a volume that moves with the job (the
 # move itself goes in copy mode, see orchestrator/migrate.py).
-MODES = ("page-server", "copy", "volume")
+# "postcopy": the memory follows the restored job (lazy pages), directory shared.
+MODES = ("page-server", "copy", "postcopy", "volume")
+# What a move that carries the data before the restore cannot beat: every byte once into
+# fresh memory and once over the loopback (measured in the same run: migration.limits()).
+LIMIT_KEYS = ("first_touch_gb_s", "loopback_tcp_gb_s")
 # Every row's downtime is compared with these modes' (same size, same run).
 BASELINES = ("page-server", "copy")
 
@@ -105,7 +109,19 @@ def split_modes(migrations: Sequence[Mapping[str, Any]]) -> dict[str, list[Mappi
     return out
 
 
-def summarise_size(size: Mapping[str, Any]) -> list[dict[str, Any]]:
+def plain_limit_s(data_bytes: float | None, limits: Mapping[str, float] | None) -> float | None:
+    """The shortest downtime a move that carries ``data_bytes`` before the restore can
+    have here: the data once at the slower of the first-touch and loopback TCP rates."""
+    rates = [limits.get(k) for k in LIMIT_KEYS] if limits else []
+    slowest = min((r for r in rates if r), default=None)
+    if not data_bytes or slowest is None:
+        return None
+    return data_bytes / GB / slowest
+
+
+def summarise_size(
+    size: Mapping[str, Any], limits: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
     """One row per mode for one data size.
 
     ``size`` holds: size_gib, type, data_bytes, kernel_rss_bytes, job_mem_used_bytes,
@@ -154,6 +170,16 @@ def summarise_size(size: Mapping[str, Any]) -> list[dict[str, Any]]:
         row["meets_target"] = meets(med(row["downtime_s"]), target)
         row["downtime_over_raw"] = ratio(med(row["downtime_s"]), med(raw_total))
         row["reload_over_downtime"] = ratio(med(reload_s), med(row["downtime_s"]))
+        row["limit_s"] = plain_limit_s(size.get("data_bytes"), limits)
+        row["downtime_over_limit"] = ratio(med(row["downtime_s"]), row["limit_s"])
+        pulled = stats(
+            r["lazy_pages"] * 4096 / r["drain_s"] / GB
+            for r in runs
+            if r.get("lazy_pages") and r.get("drain_s")
+        )
+        row["pull_gb_s"] = med(pulled)
+        if not any(r.get("drain_s") for r in runs):  # a plain move has no drain
+            row["drain_s"] = None
         row["intact"] = all(bool(r.get("intact")) for r in runs) and all(
             bool(r.get("intact")) for r in (*raw, *reload_)
         )
@@ -208,6 +234,14 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("storage", "right", lambda r: fmt_s(r["storage_s"])),
     ("restore", "right", lambda r: fmt_s(r["restore_s"])),
     ("downtime", "right", lambda r: fmt_s(r["downtime_s"], spread=True)),
+    ("limit", "right", lambda r: fmt_s(r.get("limit_s"))),
+    ("down/limit", "right", lambda r: fmt_ratio(r.get("downtime_over_limit"))),
+    ("drain", "right", lambda r: fmt_s(r.get("drain_s"))),
+    (
+        "pull GB/s",
+        "right",
+        lambda r: "—" if r.get("pull_gb_s") is None else f"{r['pull_gb_s']:.2f}",
+    ),
     ("total", "right", lambda r: fmt_s(r["total_s"])),
     ("ckpt GiB", "right", lambda r: fmt_gib(r["checkpoint_bytes"])),
     ("ckpt/RSS", "right", lambda r: fmt_ratio(r["checkpoint_rss_ratio"])),

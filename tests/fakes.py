@@ -17,12 +17,14 @@ from outgrow.agentapi.models import (
     AgentPhase,
     CheckpointRequest,
     CheckpointResult,
+    DrainResult,
     Health,
     ImageBody,
     JobNote,
     JobStatus,
     LogChunk,
     Metrics,
+    MetricsSample,
     Ok,
     ReceiveTicket,
     ReclaimAnswer,
@@ -48,10 +50,15 @@ class FakeAgent:
     status: JobStatus = field(default_factory=lambda: JobStatus(phase=AgentPhase.NONE))
     reachable: bool = True
     fail: set[str] = field(default_factory=set)  # calls that raise
+    die_on: set[str] = field(default_factory=set)  # calls during which the agent dies
     calls: list[str] = field(default_factory=list)
+    mem_used_bytes: int = 0  # what metrics() reports now
+    drain_ok: bool = True  # a post-copy drain's answer
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
+        if name in self.die_on:
+            self.reachable = False
         if not self.reachable:
             raise AgentError(f"fake agent at {self.url} unreachable")
         if name in self.fail:
@@ -101,10 +108,21 @@ class FakeAgent:
 
     def metrics(self, since: float = 0.0) -> Metrics:
         self._call("metrics")
-        return Metrics(samples=[])
+        now = MetricsSample(
+            t=time.time(),
+            mem_used_bytes=self.mem_used_bytes,
+            mem_rss_bytes=self.mem_used_bytes,
+            mem_cache_bytes=0,
+            mem_swap_bytes=0,
+            mem_limit_bytes=None,
+            cpu_used_vcpus=0.0,
+            cpu_quota_vcpus=None,
+            cpu_throttled_ns=0,
+        )
+        return Metrics(samples=[], now=now)
 
     def checkpoint(self, req: CheckpointRequest, timeout: float = 900) -> CheckpointResult:
-        self._call("checkpoint")
+        self._call("checkpoint-lazy" if req.lazy else "checkpoint")
         return CheckpointResult(
             freeze_s=0,
             dump_s=0,
@@ -114,6 +132,9 @@ class FakeAgent:
             mem_used_bytes=0,
             total_s=0,
             images_dir="",
+            mode="postcopy" if req.lazy else "plain",
+            lazy_address=self.url if req.lazy else None,
+            lazy_port=7100 if req.lazy else None,
         )
 
     def snapshot(self, req: CheckpointRequest, timeout: float = 900) -> CheckpointResult:
@@ -161,11 +182,19 @@ class FakeAgent:
         return Uploaded(name=path.name, bytes=0)
 
     def restore(self, req: RestoreRequest, timeout: float = 900) -> RestoreResult:
-        self._call(f"restore{'-kept' if req.local_checkpoint else ''}")
+        lazy = "-lazy" if req.lazy_port else ""
+        self._call(f"restore{'-kept' if req.local_checkpoint else ''}{lazy}")
         self.status = self.status.model_copy(
             update={"phase": AgentPhase.RUNNING, "kept_checkpoint": False}
         )
-        return RestoreResult(restore_s=0, images_bytes=0, healthy_s=0, pid=1)
+        return RestoreResult(restore_s=0, images_bytes=0, healthy_s=0, pid=1, lazy=bool(lazy))
+
+    def drain(self, timeout: float = 900) -> DrainResult:
+        self._call("drain")
+        if self.drain_ok:
+            return DrainResult(ok=True, drain_s=1.5, pages=1000)
+        self.status = self.status.model_copy(update={"phase": AgentPhase.FAILED})
+        return DrainResult(ok=False, drain_s=0.5, pages=10, message="post-copy page transfer broke")
 
 
 class FakeProvider(Provider):
@@ -222,6 +251,10 @@ class FakeProvider(Provider):
         self.agents[info.id].reachable = reachable
         self.calls.clear()
         return info
+
+    def restart_agent(self, instance_id: str, cancel: object = None) -> None:
+        self.calls.append(f"restart-agent {instance_id}")
+        self.agents[instance_id].reachable = True
 
     def delete_instance(self, instance_id: str) -> None:
         self.calls.append(f"delete {instance_id}")

@@ -364,8 +364,10 @@ class Client:
         instance_type: str | None = None,
         cpu: float | None = None,
         mem: float | None = None,
+        mode: str | None = None,
     ) -> JobView:
-        body = {"instance_type": instance_type, "cpu": cpu, "mem": mem}
+        """``mode``: plain, postcopy or auto for this move (default: the job's moveMode)."""
+        body = {"instance_type": instance_type, "cpu": cpu, "mem": mem, "mode": mode}
         body = {k: v for k, v in body.items() if v is not None}
         return self._model(JobView, "POST", self._job(ref) + "/migrate", json=body)
 

@@ -292,16 +292,26 @@ def test_jupyter_job_grows_by_policy_and_keeps_its_state(plane: Plane) -> None:
     assert job["instance"]["memory_gib"] == 2, job["instance"]  # grown twice: 0.5 → 1 → 2
 
     # A manual shrink back to 1 GiB, waiting for it.
-    r = plane.ok("migrate", "nb", "--mem", "1", "--wait", "--json")
+    r = plane.ok("migrate", "nb", "--mem", "1", "--mode", "plain", "--wait", "--json")
     moved = json.loads(r.stdout)
     assert moved["status"] == "Executing" and moved["instance"]["type"] == "lc.small"
+    assert moved["mode"] == "plain"
     ev = moved["migration"]
     assert (ev["from_type"], ev["to_type"]) == ("lc.medium", "lc.small")
-    assert ev["reason"].startswith("manual")
-    r = plane.ok("migrate", "nb", "--instance-type", "lc.medium", "--wait")
-    assert re.match(
-        r"job nb moved lc.small → lc.medium: downtime \d+\.\d\d s, checkpoint ", r.stdout
+    assert (
+        ev["reason"].startswith("manual") and ev["data"]["mode_reason"] == "plain: moveMode=plain"
     )
+    # The same job moved post-copy: its memory follows the restored kernel.
+    r = plane.ok("migrate", "nb", "--instance-type", "lc.medium", "--mode", "postcopy", "--wait")
+    assert re.match(
+        r"job nb moved lc.small → lc.medium: downtime \d+\.\d\d s \(post-copy\), checkpoint ",
+        r.stdout,
+    ), r.stdout
+    ks = KernelSession(base, plane.token, kid)
+    try:
+        assert ks.run("print(x)").text == "41\n"
+    finally:
+        ks.close()
     assert plane.fails("migrate", "nb", "--instance-type", "lc.medium") == (
         "job nb already runs on lc.medium"
     )

@@ -201,3 +201,23 @@ def test_formatting() -> None:
     assert S.fmt_gib(GIB / 4) == "0.25" and S.fmt_gib(None) == "—"
     assert S.fmt_ratio(1.234) == "1.23×" and S.fmt_ratio(None) == "—"
     assert (S.fmt_bool(True), S.fmt_bool(False), S.fmt_bool(None)) == ("yes", "NO", "—")
+
+
+def test_postcopy_rows_against_the_limit_with_drain_and_pull_rate() -> None:
+    pc = [
+        _mig("page-server", 0.9, mode="postcopy", drain_s=4.0, lazy_pages=10**6),
+        _mig("page-server", 1.1, mode="postcopy", drain_s=8.0, lazy_pages=10**6),
+    ]
+    limits = {"first_touch_gb_s": 0.8, "loopback_tcp_gb_s": 1.6}
+    rows = S.summarise_size(_size([_mig("page-server", 9.0), *pc]), limits)
+    assert [r["mode"] for r in rows] == ["page-server", "postcopy"]
+    plain, post = rows
+    # the data (2 GiB) once at the slower rate (0.8 GB/s)
+    assert plain["limit_s"] == pytest.approx(2 * GIB / 1e9 / 0.8)
+    assert plain["downtime_over_limit"] == pytest.approx(9.0 / plain["limit_s"])
+    assert post["downtime_over_limit"] == pytest.approx(1.0 / post["limit_s"])
+    assert post["drain_s"]["median"] == 6.0
+    # 4.096 GB pulled in 4 s and in 8 s: median of 1.024 and 0.512 GB/s
+    assert post["pull_gb_s"] == pytest.approx((1.024 + 0.512) / 2)
+    assert plain["pull_gb_s"] is None and plain["drain_s"] is None
+    assert S.plain_limit_s(GIB, None) is None and S.plain_limit_s(None, limits) is None

@@ -318,6 +318,7 @@ def test_every_key_is_accepted() -> None:
         "evadeOOM": "true",
         "disable": "false",
         "cooldown": "1m",
+        "moveMode": "postcopy",
     }
     for key in MIGRATE_KEYS:
         value = next(v for suffix, v in values.items() if key.endswith(suffix))

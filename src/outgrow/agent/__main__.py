@@ -41,12 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from outgrow.agent import guard
+    from outgrow.agent.checkpoint import ensure_pipe_max_size
     from outgrow.agent.server import create_app
     from outgrow.agent.service import Agent
     from outgrow.agent.state import AgentConfig
     from outgrow.domain.security import PAGE_SERVER_PORTS
+    from outgrow.errors import OutgrowError
 
     guard.apply(args.port, PAGE_SERVER_PORTS)  # before the first job can exist
+    try:
+        # Post-copy moves: CRIU's page pipes need fs.pipe-max-size >= 4 MiB (a host-wide
+        # sysctl, only ever raised; docs/design.md).
+        before, after = ensure_pipe_max_size()
+        if before != after:
+            logging.info("raised fs.pipe-max-size from %d to %d", before, after)
+    except OutgrowError as exc:
+        logging.warning("%s: post-copy moves will fail", exc)
     token = args.token_file.read_text().strip()
     agent = Agent(
         AgentConfig(

@@ -19,10 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from outgrow.errors import CheckpointError, ConfigError
+from outgrow.errors import CheckpointError, ConfigError, RuntimeFailure
 
 EXTERNAL_NET_KEY = "extnet"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Post-copy: CRIU resizes the pipes holding a lazy dump's pages (F_SETPIPE_SZ) up to 4 MiB
+# and later tee(2)s them; above fs.pipe-max-size that needs CAP_SYS_RESOURCE, which root
+# lacks on some hosts, and the transfer then fails half-way with EPERM from tee(2).
+PIPE_MAX_SIZE_SYSCTL = Path("/proc/sys/fs/pipe-max-size")
+LAZY_PIPE_BYTES = 4 * 1024 * 1024
 # Lines CRIU prints as "Error" that do not make an operation fail.
 _HARMLESS = ("RLIMIT_NOFILE", "Could not process rule")
 
@@ -72,6 +77,75 @@ def _dies_with(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return child
+
+
+def ensure_pipe_max_size(
+    want: int = LAZY_PIPE_BYTES, sysctl: Path = PIPE_MAX_SIZE_SYSCTL
+) -> tuple[int, int]:
+    """Raise the host-wide ``fs.pipe-max-size`` to ``want`` (never lower it), so CRIU can
+    size its page pipes without CAP_SYS_RESOURCE. Returns (before, after)."""
+    try:
+        before = int(sysctl.read_text().strip())
+        if before < want:
+            sysctl.write_text(str(want))
+        after = int(sysctl.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"could not raise {sysctl} to {want}") from exc
+    if after < want:
+        raise RuntimeFailure(f"{sysctl} is {after}, post-copy moves need {want}")
+    return before, after
+
+
+def lazy_pages_copied(log: Path) -> int:
+    """Pages a lazy-pages daemon copied into the restored tree (its per-process summary
+    lines, logged at -v4)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(int(m) for m in re.findall(r"UFFD transferred pages: \((\d+)/\d+\)", text))
+
+
+def _wait_status(rfd: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until CRIU writes its --status-fd (ready) or exits; closes ``rfd``."""
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([rfd], [], [], min(left, 0.5))
+            if ready:
+                return os.read(rfd, 1) != b""
+            if proc.poll() is not None:
+                return False
+    finally:
+        os.close(rfd)
+
+
+def _popen_ready(
+    argv: list[str], log: Path, what: str, timeout: float, extra_fds: tuple[int, ...] = ()
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a CRIU that reports readiness on ``--status-fd``; wait for it."""
+    rfd, wfd = os.pipe()
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--status-fd", str(wfd)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(wfd, *extra_fds),
+        )
+    finally:
+        os.close(wfd)
+    if not _wait_status(rfd, proc, timeout):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        msg, tail = _last_error(log)
+        raise CheckpointError(f"criu {what} failed: {msg}", detail=tail)
+    return proc, time.monotonic() - t0
 
 
 class Criu:
@@ -151,6 +225,81 @@ class Criu:
         args += extra or []  # the sandbox's external mounts
         return self._run(args, images_dir / "dump.log", "dump", timeout)
 
+    def lazy_dump(
+        self,
+        pid: int,
+        images_dir: Path,
+        *,
+        netns_inode: int,
+        freezer_path: str | None,
+        serve: tuple[str, int],
+        extra: list[str] | None = None,
+        timeout: float = 600,
+    ) -> tuple[subprocess.Popen[bytes], CriuRun]:
+        """Post-copy dump: everything but the memory pages goes to ``images_dir``; the
+        pages stay in the stopped tree and this CRIU serves them on ``serve`` (address,
+        port) to the target's lazy-pages daemon. Returns once the images are written and
+        the page server listens; the process exits when the target has every page (0)
+        or the transfer broke (non-zero). The tree is left stopped, as with dump()."""
+        self.check_installed()
+        ensure_pipe_max_size()  # else the transfer fails half-way (EPERM from tee)
+        images_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(self.binary),
+            "dump",
+            "-t",
+            str(pid),
+            "-D",
+            str(images_dir),
+            "-o",
+            "dump.log",
+            "-v4",
+            "--tcp-established",
+            "--skip-in-flight",
+            "--network-lock",
+            "skip",
+            "--leave-stopped",
+            "--external",
+            f"net[{netns_inode}]:{EXTERNAL_NET_KEY}",
+            "--lazy-pages",
+            "--address",
+            serve[0],
+            "--port",
+            str(serve[1]),
+        ]
+        if freezer_path:
+            args += ["--freeze-cgroup", freezer_path]
+        args += extra or []
+        log = images_dir / "dump.log"
+        proc, seconds = _popen_ready(args, log, "dump --lazy-pages", timeout)
+        return proc, CriuRun(seconds=seconds, log=log)
+
+    def start_lazy_pages(
+        self, images_dir: Path, source: tuple[str, int], timeout: float = 30
+    ) -> subprocess.Popen[bytes]:
+        """The target's lazy-pages daemon: it takes the restored tree's userfaultfds from
+        ``restore(lazy=True)``, fetches faulting pages first and then every other page
+        from the source's page server, and exits when none is left (0) or the source
+        went away (non-zero: the restored tree misses pages and cannot run on)."""
+        self.check_installed()
+        log = images_dir / "lazy-pages.log"
+        argv = [
+            str(self.binary),
+            "lazy-pages",
+            "--page-server",
+            "--address",
+            source[0],
+            "--port",
+            str(source[1]),
+            "-D",
+            str(images_dir),
+            "-o",
+            "lazy-pages.log",
+            "-v4",
+        ]
+        proc, _ = _popen_ready(argv, log, "lazy-pages", timeout)
+        return proc
+
     def start_page_server(
         self, images_dir: Path, address: str, port: int, timeout: float = 10
     ) -> subprocess.Popen[bytes]:
@@ -201,10 +350,12 @@ class Criu:
         netns_path: str,
         cgroup_roots: list[str],
         extra: list[str] | None = None,
+        lazy: bool = False,
         timeout: float = 600,
     ) -> tuple[int, CriuRun]:
         """Restore into the calling process's network namespace (the agent's instance)
-        and the given cgroup; returns the host pid of the restored tree's root."""
+        and the given cgroup; returns the host pid of the restored tree's root. ``lazy``:
+        the memory comes later from the running start_lazy_pages() daemon."""
         pidfile = images_dir / "restored.pid"
         pidfile.unlink(missing_ok=True)
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -228,6 +379,8 @@ class Criu:
             for root in cgroup_roots:
                 args += ["--cgroup-root", root]
             args += extra or []  # the sandbox's --root and external mounts
+            if lazy:
+                args.append("--lazy-pages")
             run = self._run(args, images_dir / "restore.log", "restore", timeout, pass_fds=(fd,))
         finally:
             os.close(fd)

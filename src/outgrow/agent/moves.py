@@ -8,6 +8,13 @@ it once the target runs the job, ``abort`` resumes it — so a failed move loses
 Target: ``prepare_receive`` (a CRIU page server on a port of the page-server range), the
 images arrive over HTTP, ``restore`` brings the tree back in this instance's network
 namespace and cgroup and waits until it answers.
+
+Post-copy (``CheckpointRequest.lazy``): the source's ``criu dump --lazy-pages`` writes every
+image but the memory pages and serves those itself, on a port of the page-server range
+of its own address; the target starts ``criu lazy-pages`` against it and restores with
+``--lazy-pages`` (the job runs at once; a page it touches is fetched first, the others
+follow); ``drain`` waits for the last page. The source tree stays stopped until then:
+``commit`` waits for its CRIU to finish serving before it ends the tree.
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from outgrow.agent.checkpoint import images_size
+from outgrow.agent.checkpoint import images_size, lazy_pages_copied
 from outgrow.agent.core import AgentCore
-from outgrow.agent.netalias import borrowed_address
+from outgrow.agent.netalias import borrowed_address, nonlocal_bind
 from outgrow.agent.runtime import JobProcess, proc_start_ticks, signal_pids, wait_gone
 from outgrow.agent.sandbox import Sandbox, mounted_root
 from outgrow.agent.state import AgentJob
@@ -39,6 +46,7 @@ from outgrow.agentapi.models import (
     AgentPhase,
     CheckpointRequest,
     CheckpointResult,
+    DrainResult,
     JobStatus,
     ReceiveTicket,
     RestoreRequest,
@@ -65,6 +73,16 @@ class Receive:
     created: float = field(default_factory=time.time)
 
 
+@dataclass
+class Lazy:
+    """A post-copy transfer under way: the source's serving dump, or the target's
+    lazy-pages daemon (with its receive directory, kept until the drain ends)."""
+
+    proc: subprocess.Popen[bytes]
+    dir: Path
+    since: float = field(default_factory=time.monotonic)
+
+
 class Moves:
     """The migration half of an agent (on the same core as its job lifecycle)."""
 
@@ -76,19 +94,23 @@ class Moves:
         self.cfg = agent.cfg
         self._receives: dict[str, Receive] = {}
         self._lock_table = f"og-move-{agent.cfg.instance_id}"
+        self._serving: Lazy | None = None  # source: the dump serving pages
+        self._pulling: Lazy | None = None  # target: the lazy-pages daemon
 
     # ---- source side ----------------------------------------------------------------
-    def lock_network(self) -> None:
+    def lock_network(self, page_port: int | None = None) -> None:
         """Cut the job off from outside peers before the dump: drop new inbound
         connections (except to the agent) and destroy non-loopback sockets in every
         connected state (not only established: a peer that closed first leaves CLOSE_WAIT,
         which CRIU cannot bind back on another address) other than the agent's own. CRIU
-        can only move connections inside the tree."""
+        can only move connections inside the tree. ``page_port``: a post-copy dump serves
+        pages there (the target's lazy-pages connects to it)."""
         port = self.cfg.port
+        serve = f"\n    tcp dport {page_port} accept" if page_port else ""
         rules = f"""table inet {self._lock_table} {{
   chain input {{ type filter hook input priority -5; policy accept;
     iifname "lo" accept
-    tcp dport {port} accept
+    tcp dport {port} accept{serve}
     tcp flags & (syn | ack) == syn drop
   }}
 }}"""
@@ -142,7 +164,12 @@ class Moves:
             job = a.require_job(AgentPhase.RUNNING, AgentPhase.STARTING)
             assert job.process is not None
             t_all = time.monotonic()
-            self.lock_network()
+            lazy_port = None
+            if req.lazy:
+                if not (req.target_url and req.receive_id) or keep_running:
+                    raise CheckpointError("a post-copy checkpoint goes to a target's receive")
+                lazy_port = page_server_port(self.cfg.address)
+            self.lock_network(lazy_port)
             try:
                 freeze_s = self._freeze()
                 ckpt = Path(req.dest_dir) if req.dest_dir else self.cfg.checkpoint_dir
@@ -156,15 +183,26 @@ class Moves:
                     ps = (httpx.URL(req.target_url).host, req.page_server_port)
                 stats_before = a.cgroup.memory_stats()
                 sandbox = Sandbox.from_dict(job.sandbox) if job.sandbox else None
-                run = a.criu.dump(
-                    job.process.init_pid,
-                    ckpt,
-                    netns_inode=a.netns_inode,
-                    freezer_path=a.cgroup.freezer_path(),
-                    page_server=ps,
-                    extra=sandbox.criu_dump_args() if sandbox else None,
-                    leave_running=keep_running,
-                )
+                if lazy_port is not None:
+                    proc, run = a.criu.lazy_dump(
+                        job.process.init_pid,
+                        ckpt,
+                        netns_inode=a.netns_inode,
+                        freezer_path=a.cgroup.freezer_path(),
+                        serve=(self.cfg.address, lazy_port),
+                        extra=sandbox.criu_dump_args() if sandbox else None,
+                    )
+                    self._serving = Lazy(proc, ckpt)
+                else:
+                    run = a.criu.dump(
+                        job.process.init_pid,
+                        ckpt,
+                        netns_inode=a.netns_inode,
+                        freezer_path=a.cgroup.freezer_path(),
+                        page_server=ps,
+                        extra=sandbox.criu_dump_args() if sandbox else None,
+                        leave_running=keep_running,
+                    )
                 if keep_running:
                     self.resume_after_failure()  # thawed and reachable again: it runs on
                 local_bytes = images_size(ckpt)
@@ -181,6 +219,7 @@ class Moves:
                     upload_url(ckpt, req.dest_url)
                 transfer_s = time.monotonic() - t_x
             except BaseException:
+                self._stop_serving()
                 self.resume_after_failure()
                 raise
             if not keep_running:
@@ -195,7 +234,18 @@ class Moves:
                 mem_used_bytes=stats_before.usage_bytes,
                 total_s=round(time.monotonic() - t_all, 4),
                 images_dir=str(ckpt),
+                mode="postcopy" if lazy_port is not None else "plain",
+                lazy_address=self.cfg.address if lazy_port is not None else None,
+                lazy_port=lazy_port,
             )
+
+    def _stop_serving(self) -> None:
+        """End a post-copy dump's page server (the target will not restore, or has every
+        page): it holds the stopped tree under ptrace until it exits."""
+        serving, self._serving = self._serving, None
+        if serving is not None and serving.proc.poll() is None:
+            serving.proc.kill()
+            serving.proc.wait()
 
     def resume_after_failure(self) -> None:
         try:
@@ -210,6 +260,7 @@ class Moves:
         a = self.agent
         with a.lock:
             job = a.require_job()
+            self._stop_serving()
             self.resume_after_failure()
             if job.phase == AgentPhase.CHECKPOINTED:
                 job.phase = AgentPhase.RUNNING
@@ -224,6 +275,17 @@ class Moves:
         a = self.agent
         with a.lock:
             job = a.require_job(AgentPhase.CHECKPOINTED)
+            serving = self._serving
+            if serving is not None:
+                # Post-copy: the target has drained every page, so the serving dump ends
+                # by itself; never cut it short while it may still be serving.
+                try:
+                    rc = serving.proc.wait(timeout=60)
+                    if rc != 0:
+                        log.error("the post-copy dump ended with %s (see dump.log)", rc)
+                except subprocess.TimeoutExpired:
+                    log.error("the post-copy dump still serves 60 s after the drain: killed")
+                self._stop_serving()
             pids = a.cgroup.procs()
             a.cgroup.kill_all()
             if a.cgroup.frozen():
@@ -328,22 +390,33 @@ class Moves:
                 raise CheckpointError("the checkpoint has no sandbox (made by an older agent)")
             sandbox = Sandbox.from_dict(job.sandbox)
             self.prepare(job.image)
+            lazy = req.lazy_port is not None
             try:
+                if lazy:
+                    if not (req.receive_id and req.lazy_address and req.lazy_port):
+                        raise CheckpointError("a post-copy restore needs a receive and a source")
+                    pages_from = (req.lazy_address, req.lazy_port)
+                    self._pulling = Lazy(a.criu.start_lazy_pages(images, pages_from), images)
                 source = images / "source-address"
+                source_address = source.read_text().strip() if source.exists() else None
                 with (
                     mounted_root(sandbox, self.cfg.root_mount(job.job_id)) as root,
-                    borrowed_address(
-                        self.cfg.netns_path,
-                        source.read_text().strip() if source.exists() else None,
-                        self.cfg.address,
-                    ),
+                    nonlocal_bind(self.cfg.netns_path)
+                    if lazy
+                    else borrowed_address(self.cfg.netns_path, source_address, self.cfg.address),
                 ):
                     pid, run = a.criu.restore(
                         images,
                         netns_path=self.cfg.netns_path,
                         cgroup_roots=a.cgroup.criu_cgroup_roots(),
                         extra=sandbox.criu_restore_args(root),
+                        lazy=lazy,
+                        # Without the memory a restore takes a second; one whose lazy-pages
+                        # died can hang instead of failing (seen once): do not wait long.
+                        timeout=120 if lazy else 600,
                     )
+                if self._pulling is not None:
+                    self._pulling.since = time.monotonic()  # the drain starts now
                 ticks = proc_start_ticks(pid)
                 if ticks is None:
                     raise CheckpointError("the restored job exited at once")
@@ -351,14 +424,19 @@ class Moves:
                 job.phase, job.restored, job.oom_stalled_at = AgentPhase.RUNNING, True, None
                 a.job = job
                 if job.launch.is_jupyter:
-                    a.wait_jupyter(job.launch, timeout=20)
+                    # Post-copy: every page the server touches first comes over the
+                    # network, on demand; on a loaded host that takes longer.
+                    a.wait_jupyter(job.launch, timeout=60 if lazy else 20)
             except BaseException:
+                self._stop_pulling()
                 a.cgroup.kill_all()
                 a.job = None
                 a.save()
                 raise
             finally:
-                if req.receive_id:
+                if req.receive_id and self._pulling is not None:
+                    self._receives.pop(req.receive_id, None)  # its images: until the drain
+                elif req.receive_id:
                     self.drop_receive(req.receive_id)
             a.save()
             return RestoreResult(
@@ -366,7 +444,47 @@ class Moves:
                 images_bytes=received,
                 healthy_s=round(time.monotonic() - t0, 4),
                 pid=pid,
+                lazy=lazy,
             )
+
+    def _stop_pulling(self) -> Lazy | None:
+        pulling, self._pulling = self._pulling, None
+        if pulling is not None:
+            if pulling.proc.poll() is None:
+                pulling.proc.kill()
+                pulling.proc.wait()
+            log_file = pulling.dir / "lazy-pages.log"
+            if log_file.exists():  # kept for post-mortems
+                shutil.copy(log_file, self.cfg.work_dir / "last-lazy-pages.log")
+            shutil.rmtree(pulling.dir, ignore_errors=True)
+        return pulling
+
+    def drain(self, timeout: float = 840.0) -> DrainResult:
+        """Wait until a post-copy restore has every page. If the transfer broke (the
+        source or the link went away) the job misses memory it can never get: it is
+        killed here (lost) and the answer says so."""
+        pulling = self._pulling
+        if pulling is None:
+            raise ConflictError(f"no post-copy restore under way on {self.cfg.instance_id}")
+        try:  # not under the agent's lock: the job's status stays readable meanwhile
+            rc: int | None = pulling.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        drain_s = time.monotonic() - pulling.since
+        pages = lazy_pages_copied(pulling.dir / "lazy-pages.log")
+        a = self.agent
+        with a.lock:
+            self._stop_pulling()
+            if rc == 0:
+                return DrainResult(ok=True, drain_s=round(drain_s, 4), pages=pages)
+            why = "timed out" if rc is None else f"criu lazy-pages exited with {rc}"
+            msg = f"post-copy page transfer broke ({why}): the restored job misses memory"
+            log.error("%s; killing it", msg)
+            a.cgroup.kill_all()
+            if a.job is not None:
+                a.job.phase, a.job.message = AgentPhase.FAILED, msg
+                a.save()
+            return DrainResult(ok=False, drain_s=round(drain_s, 4), pages=pages, message=msg)
 
 
 def reap_wait(pid: int, timeout: float) -> None:

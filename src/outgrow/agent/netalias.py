@@ -58,3 +58,34 @@ def borrowed_address(netns_path: str, address: str | None, own: str) -> Iterator
         gone = _ip(netns_path, "addr", "del", f"{ip}/{prefix}", "dev", "lo")
         if gone.returncode != 0:
             log.error("could not drop the borrowed address %s: %s", ip, gone.stderr.strip())
+
+
+@contextlib.contextmanager
+def nonlocal_bind(netns_path: str) -> Iterator[None]:
+    """For a post-copy restore: let sockets bind the source address without holding it.
+    Borrowing it (above) would make it local here, and the lazy-pages daemon — which
+    connects to the source's page server at that very address while CRIU restores —
+    would reach this namespace instead. ``ip_nonlocal_bind`` (per namespace) is on for
+    the restore only; the restored sockets are closed and send nothing."""
+    key = "net.ipv4.ip_nonlocal_bind"
+    got = subprocess.run(
+        ["nsenter", f"--net={netns_path}", "sysctl", "-n", key], capture_output=True, text=True
+    )
+    before = got.stdout.strip() or "0"
+    on = subprocess.run(
+        ["nsenter", f"--net={netns_path}", "sysctl", "-qw", f"{key}=1"],
+        capture_output=True,
+        text=True,
+    )
+    if on.returncode != 0:
+        raise CheckpointError(f"could not set {key} for the restore", detail=on.stderr.strip())
+    try:
+        yield
+    finally:
+        off = subprocess.run(
+            ["nsenter", f"--net={netns_path}", "sysctl", "-qw", f"{key}={before}"],
+            capture_output=True,
+            text=True,
+        )
+        if off.returncode != 0:
+            log.error("could not reset %s: %s", key, off.stderr.strip())

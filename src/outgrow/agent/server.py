@@ -20,6 +20,7 @@ from outgrow.agentapi.models import (
     CheckpointRequest,
     CheckpointResult,
     CommitRequest,
+    DrainResult,
     ErrorBody,
     Health,
     JobNote,
@@ -170,5 +171,9 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     @app.post("/v1/restore", dependencies=deps)
     def restore(body: RestoreRequest) -> RestoreResult:
         return moves.restore(body)
+
+    @app.post("/v1/restore/drain", dependencies=deps)
+    def drain() -> DrainResult:
+        return moves.drain()
 
     return app

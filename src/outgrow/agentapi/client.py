@@ -22,6 +22,7 @@ from outgrow.agentapi.models import (
     CheckpointRequest,
     CheckpointResult,
     CommitRequest,
+    DrainResult,
     ErrorBody,
     Health,
     ImageBody,
@@ -88,6 +89,7 @@ class AgentApi(Protocol):
     def drop_receive(self, rid: str) -> Ok: ...
     def upload(self, rid: str, path: Path) -> Uploaded: ...
     def restore(self, req: RestoreRequest, timeout: float = LONG_S) -> RestoreResult: ...
+    def drain(self, timeout: float = LONG_S) -> DrainResult: ...
 
 
 def remote_error(status: int, body: Any, url: str) -> OutgrowError:
@@ -245,3 +247,7 @@ class AgentClient:
 
     def restore(self, req: RestoreRequest, timeout: float = LONG_S) -> RestoreResult:
         return self._call(RestoreResult, "POST", "/v1/restore", body=req, timeout=timeout)
+
+    def drain(self, timeout: float = LONG_S) -> DrainResult:
+        """Wait until a post-copy restore has every page (or its transfer broke)."""
+        return self._call(DrainResult, "POST", "/v1/restore/drain", timeout=timeout)

@@ -184,6 +184,9 @@ class CheckpointRequest(_Model):
     page_server_port: int | None = None
     dest_dir: str | None = None
     dest_url: str | None = Field(None, pattern=S3_URL)
+    # Post-copy: the images go to the target's receive without the memory pages; this
+    # agent's CRIU serves those from the stopped tree until the target has them all.
+    lazy: bool = False
 
     @classmethod
     def into(cls, location: str) -> CheckpointRequest:
@@ -202,6 +205,9 @@ class CheckpointResult(_Model):
     mem_used_bytes: int
     total_s: float
     images_dir: str
+    mode: str = "plain"  # "postcopy": the pages are served from lazy_address:lazy_port
+    lazy_address: str | None = None
+    lazy_port: int | None = None
 
 
 class CommitRequest(_Model):
@@ -233,6 +239,9 @@ class RestoreRequest(_Model):
     source_dir: str | None = None
     source_url: str | None = Field(None, pattern=S3_URL)
     local_checkpoint: bool = False
+    # Post-copy: the memory pages come from the source's CRIU at this address and port.
+    lazy_address: str | None = None
+    lazy_port: int | None = Field(None, ge=1, le=65535)
 
     @classmethod
     def out_of(cls, location: str) -> RestoreRequest:
@@ -247,6 +256,17 @@ class RestoreResult(_Model):
     images_bytes: int
     healthy_s: float
     pid: int
+    lazy: bool = False  # post-copy: the pages are still arriving (drain)
+
+
+class DrainResult(_Model):
+    """The end of a post-copy restore's page transfer. ``ok`` false: the transfer broke,
+    the restored job missed pages and was killed (the job is lost)."""
+
+    ok: bool
+    drain_s: float  # from the end of the restore to the last page
+    pages: int  # pages copied in by the lazy-pages daemon
+    message: str = ""
 
 
 class StorageBody(_Model):

@@ -194,7 +194,7 @@ def create_api(plane: ControlPlane) -> FastAPI:
 
     @api.post("/jobs/{ref}/migrate", status_code=202)
     def migrate(ref: JobRef, body: MigrateBody, user: User, cp: Plane) -> JobView:
-        return cp.migrate(user, ref, body.instance_type, body.cpu, body.mem)
+        return cp.migrate(user, ref, body.instance_type, body.cpu, body.mem, body.mode)
 
     @api.post("/jobs/{ref}/open")
     def open_link(ref: JobRef, user: User, cp: Plane) -> dict[str, Any]:

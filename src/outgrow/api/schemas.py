@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from outgrow.domain.movemode import MoveModeChoice
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +52,7 @@ class MigrateBody(Strict):
     instance_type: str | None = None
     cpu: float | None = Field(None, gt=0, le=1024)
     mem: float | None = Field(None, gt=0, le=65536)
+    mode: MoveModeChoice | None = None  # plain / postcopy / auto (default: the job's moveMode)
 
 
 class RestoreBody(Strict):

@@ -315,6 +315,14 @@ def log(job: str, follow: bool, use_stderr: bool, as_json: bool) -> None:
     "-c", "--cpu", type=click.FloatRange(min=0, min_open=True), metavar="N", help="Target vCPUs."
 )
 @click.option("--instance-type", metavar="TYPE", help="Target instance type.")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "plain", "postcopy"]),
+    default=None,
+    help="How the memory moves: plain (all before the restore), postcopy (after it: short "
+    "downtime, but the job is lost if the transfer breaks), auto (by size). Default: the "
+    "job's moveMode policy (auto).",
+)
 @wait_option
 @json_option
 def migrate(
@@ -322,6 +330,7 @@ def migrate(
     mem: float | None,
     cpu: float | None,
     instance_type: str | None,
+    mode: str | None,
     wait: bool,
     wait_timeout: float,
     as_json: bool,
@@ -332,7 +341,7 @@ def migrate(
     with connect() as c:
         ref = c.job(job).id
         before = c.last_event_id(ref)
-        view = c.migrate(ref, instance_type, cpu, mem)
+        view = c.migrate(ref, instance_type, cpu, mem, mode)
         if not wait:
             _done(view, as_json, f"job {view.name}: migration queued")
             return
@@ -344,7 +353,8 @@ def migrate(
         raise MigrationError(errors[-1] if errors else f"job {view.name} did not move")
     ev = moved[-1]
     if as_json:
-        emit_json({**view.model_dump(mode="json"), "migration": ev.model_dump(mode="json")})
+        mig = ev.model_dump(mode="json")
+        emit_json({**view.model_dump(mode="json"), "migration": mig, "mode": ev.data.get("mode")})
         return
     click.echo(migration_line(view, ev))
     click.echo(f"job {view.name} is {where(view)}")

@@ -128,6 +128,8 @@ def event_change(ev: EventView) -> str:
         out = f"{ev.from_type} → {ev.to_type}"
         if ev.downtime_s is not None:
             out += f", {ev.downtime_s:.2f} s down"
+        if ev.data.get("mode") == "postcopy":
+            out += " (post-copy)"
         if ev.checkpoint_bytes is not None:
             out += f", {fmt_bytes(ev.checkpoint_bytes)}"
         return out
@@ -137,9 +139,11 @@ def event_change(ev: EventView) -> str:
 
 
 def migration_line(job: JobView, ev: EventView) -> str:
+    how = "post-copy" if ev.data.get("mode") == "postcopy" else "plain"
     return (
         f"job {job.name} moved {ev.from_type} → {ev.to_type}: downtime "
-        f"{ev.downtime_s or 0:.2f} s, checkpoint {fmt_bytes(ev.checkpoint_bytes)} ({ev.reason})"
+        f"{ev.downtime_s or 0:.2f} s ({how}), checkpoint {fmt_bytes(ev.checkpoint_bytes)} "
+        f"({ev.reason})"
     )
 
 

@@ -38,6 +38,7 @@ from outgrow.controlplane.jobdirs import JobDirs
 from outgrow.controlplane.lifecycle import Lifecycle
 from outgrow.domain.images import DEFAULT_JUPYTER_PORT, ImageSpec
 from outgrow.domain.instance_types import InstanceType
+from outgrow.domain.movemode import MoveModeChoice
 from outgrow.domain.states import JobState as S
 from outgrow.domain.states import is_terminal
 from outgrow.errors import (
@@ -60,6 +61,7 @@ MIGRATION_TIMINGS = (
     "transfer_s",
     "storage_s",
     "restore_s",
+    "drain_s",
     "total_s",
     "create_target_s",
 )
@@ -259,7 +261,11 @@ class JobActions:
         reason: str,
         event_type: str = "migration",
         reclaim: bool = False,
+        rule: str = "",
+        mode: MoveModeChoice | None = None,
     ) -> None:
+        """``rule``: the policy rule asking (empty: manual); ``mode``: plain/postcopy/auto
+        for this move only (else the job's moveMode)."""
         job = self.job(job_id)
         if job.status != S.EXECUTING or job.current_instance_id is None:
             return
@@ -281,7 +287,14 @@ class JobActions:
             self.instances.record(job_id, target_inst, status="starting")
             self.lifecycle.before_checkpoint(job_id)
             result = self.migrator.migrate(
-                source, target=target_inst, reason=reason, delete_source=False, cancel=cancel
+                source,
+                target=target_inst,
+                reason=reason,
+                delete_source=False,
+                cancel=cancel,
+                mode=mode or job.spec.migrate().move_mode,
+                rule="reclaim" if reclaim else rule,
+                on_step=lambda s: log.info("migrate %s: %s", job_id, s),
             )
         except CancelledError as exc:  # the job runs on the source: the cancel stops it
             if target_inst is not None:
@@ -317,11 +330,19 @@ class JobActions:
             downtime_s=result.downtime_s,
             checkpoint_bytes=result.checkpoint_bytes,
             transfer=result.transfer,
+            mode=result.mode,
+            mode_reason=result.mode_reason,
             timings={k: getattr(result, k) for k in MIGRATION_TIMINGS},
             source_instance=source.id,
             target_instance=target_inst.id,
         )
-        self._to(job_id, S.EXECUTING, f"running on {target_inst.id} ({target.name}) after {reason}")
+        how = "post-copy" if result.mode == "postcopy" else "plain"
+        self._to(
+            job_id,
+            S.EXECUTING,
+            f"running on {target_inst.id} ({target.name}) after {reason}: moved in "
+            f"{result.downtime_s:.2f} s ({how})",
+        )
         move = MoveNote(
             at=time.time(),
             reason=reason[:500],

@@ -224,7 +224,13 @@ class Scheduler(threading.Thread):
                 self.workers.run(rec.id, self.actions.evacuate, d.target, d.reason)
                 return
             self.workers.run(
-                rec.id, self.actions.migrate, d.target, d.reason, "migration", d.rule == "reclaim"
+                rec.id,
+                self.actions.migrate,
+                d.target,
+                d.reason,
+                "migration",
+                d.rule == "reclaim",
+                d.rule,
             )
         elif d.action == "suspend":
             self.workers.run(rec.id, self.actions.suspend, d.reason)

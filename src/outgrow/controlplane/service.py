@@ -45,6 +45,7 @@ from outgrow.domain.jobs import (
     UserView,
     spec_from_mapping,
 )
+from outgrow.domain.movemode import MoveModeChoice
 from outgrow.domain.policy import (
     format_migrate_policy,
     format_vm_policy,
@@ -275,7 +276,9 @@ class ControlPlane:
         instance_type: str | None = None,
         cpu: float | None = None,
         mem: float | None = None,
+        mode: MoveModeChoice | None = None,
     ) -> JobView:
+        """``mode``: plain/postcopy/auto for this move (else the job's moveMode)."""
         rec = self._find(actor, ref)
         check_action("migrate", rec.status)
         cur = self.instances.current_type(rec)
@@ -283,7 +286,10 @@ class ControlPlane:
             raise ConflictError(f"job {rec.name} has no instance")
         target = self._migration_target(rec, cur, instance_type, cpu, mem)
         reason = f"manual → {target.name} ({target.describe()})"
-        if not self.workers.run(rec.id, self.actions.migrate, target, reason):
+        if mode is not None:
+            reason += f", moveMode={mode}"
+        args = (target, reason, "migration", False, "", mode)
+        if not self.workers.run(rec.id, self.actions.migrate, *args):
             raise ConflictError(f"job {rec.name} is busy with another action")
         return self.view(rec.id)
 

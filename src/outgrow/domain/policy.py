@@ -8,7 +8,8 @@ form generates them. The same keys work from a mapping (YAML job file, JSON API)
 
 Defaults are the seed's job form defaults (upper 90 % for 30 s, lower 5 % for 300 s, step 50 %,
 stepAuto false, evadeOOM true; spotFirst, retryLimit 3, retryInterval 600 s). Ours:
-``cooldown`` (120 s), ``prepareRatio`` (upper − 10), ``limit``/``lowerLimit`` unset.
+``cooldown`` (120 s), ``prepareRatio`` (upper − 10), ``limit``/``lowerLimit`` unset,
+``moveMode`` (auto: plain or post-copy, see domain/movemode.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from outgrow.domain.movemode import MoveModeChoice, parse_move_mode
 from outgrow.domain.policy_parse import (
     ResourceRange,
     format_duration_value,
@@ -95,6 +97,7 @@ class MigratePolicy:
     evade_oom: bool = True  # grow at once when the job stalls at its memory limit
     disable: bool = False  # turn threshold auto-migration off (evadeOOM still acts)
     cooldown: float = 120.0  # s between two non-urgent migrations (ours)
+    move_mode: MoveModeChoice = "auto"  # how a move carries the memory (ours)
 
     def __post_init__(self) -> None:
         _validate_resource("cpu", self.cpu)
@@ -195,6 +198,7 @@ _GLOBAL_KEYS: tuple[tuple[str, str, str], ...] = (
     ("evadeOOM", "evade_oom", "bool"),
     ("disable", "disable", "bool"),
     ("cooldown", "cooldown", "duration"),
+    ("moveMode", "move_mode", "movemode"),
 )
 MIGRATE_KEYS: tuple[str, ...] = (
     *(f"{res}.{key}" for res in ("cpu", "mem") for key, _, _ in _RESOURCE_KEYS),
@@ -267,6 +271,8 @@ def _parse_value(kind: str, raw: object, res: str, fld: str) -> Any:
         return parse_bool(raw, fld)
     if kind == "int":
         return parse_int(raw, fld)
+    if kind == "movemode":
+        return parse_move_mode(raw, fld)
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -354,7 +360,7 @@ def _build_vm(pairs: Iterable[tuple[str, object]]) -> VmPolicy:
 
 
 def _native(kind: str, value: Any) -> Any:
-    return value if kind == "bool" else float(value)
+    return value if kind in ("bool", "movemode") else float(value)
 
 
 def _migrate_items(p: MigratePolicy) -> list[tuple[str, Any]]:
@@ -389,6 +395,8 @@ def _vm_items(p: VmPolicy) -> list[tuple[str, Any]]:
 def _render(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return value
     if key.endswith(("Duration", "cooldown", "retryInterval")):
         return format_duration_value(value)
     if isinstance(value, int):

@@ -14,6 +14,15 @@ source kills the tree, keeps its images; releases the directory (unmount / uploa
 provider moves the storage (detach / attach); the target mounts it and restores
 any failure after the kill: the storage comes back and the job is restored on the
 source from its kept images (the job keeps running where it was, after a pause)
+
+Post-copy (domain/movemode.py chooses):
+
+source freezes, dumps all but the memory pages, sends those images; its CRIU serves pages
+target starts lazy-pages (pulling from the source) and restores: the job runs at once
+any failure up to here: source resumes (nothing lost), target is discarded
+target drains: every page arrives; only then the source kills its stopped copy
+a broken drain: the restored job misses memory; it is killed and the job is lost
+(JobLostError) — the risk the policy weighs against the shorter downtime
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from outgrow.agentapi.models import (
     RestoreResult,
 )
 from outgrow.cancel import Cancel, check, pause
+from outgrow.domain.movemode import ModeDecision, MoveModeChoice, choose_move_mode
 from outgrow.domain.storage import JobStorage, StorageKind
 from outgrow.errors import (
     CancelledError,
@@ -69,6 +79,10 @@ class MigrationResult:
     rss_bytes: int
     mem_used_bytes: int
     storage_s: float = 0.0  # releasing, moving and mounting the job directory (in downtime)
+    mode: str = "plain"  # "postcopy": the memory followed the restored job
+    mode_reason: str = ""
+    drain_s: float = 0.0  # post-copy: restore → last page on the target (not downtime)
+    lazy_pages: int = 0  # post-copy: pages the target pulled after the restore
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,11 +113,15 @@ class Migrator:
         delete_source: bool = True,
         on_step: Callable[[str], None] | None = None,
         cancel: Cancel | None = None,
+        mode: MoveModeChoice = "plain",
+        rule: str = "",
     ) -> MigrationResult:
         """Move the job of ``source`` to ``target`` (or a new instance of ``target_type``).
         On failure the job keeps running on ``source`` and MigrationError says why. A set
         ``cancel`` stops the move between its steps (CancelledError, the job running on
-        the source); a checkpoint under way (seconds) finishes and is rolled back first."""
+        the source); a checkpoint under way (seconds) finishes and is rolled back first.
+        ``mode`` (``rule``: the policy rule asking, for ``auto``): plain or post-copy; a
+        post-copy move whose page transfer breaks after the restore raises JobLostError."""
         step = on_step or (lambda s: log.info("migrate: %s", s))
         t_all = time.monotonic()
         with self.connect(source, 30.0) as src:
@@ -131,7 +149,12 @@ class Migrator:
             try:
                 check(cancel, "moving the job")
                 storage = self.provider.attach_job_storage(job_id, source)
-                if storage.kind == StorageKind.SHARED:
+                shared = storage.kind == StorageKind.SHARED
+                decision = self._mode(src, mode, rule, storage_moves=not shared)
+                step(f"move mode {decision.reason}")
+                if shared and decision.mode == "postcopy":
+                    result = self._postcopy(src, source, target, job_id, reason, step, cancel)
+                elif shared:
                     result = self._move(src, source, target, job_id, reason, transfer, step, cancel)
                 else:
                     result = self._move_with_storage(
@@ -159,6 +182,7 @@ class Migrator:
         return MigrationResult(
             **{
                 **result,
+                "mode_reason": decision.reason,
                 "create_target_s": round(create_s, 4),
                 "total_s": round(time.monotonic() - t_all, 4),
             }
@@ -182,6 +206,79 @@ class Migrator:
             log.warning("restarted the agent of %s: it resumes the job", source.id)
         except OutgrowError as exc:
             log.error("could not restart the agent of %s: %s", source.id, exc)
+
+    def _mode(
+        self, src: AgentApi, choice: MoveModeChoice, rule: str, storage_moves: bool
+    ) -> ModeDecision:
+        used = 0
+        if choice == "auto" and not storage_moves:
+            now = src.metrics(since=time.time()).now
+            used = now.mem_used_bytes if now is not None else 0
+        return choose_move_mode(choice, mem_used_bytes=used, rule=rule, storage_moves=storage_moves)
+
+    def _postcopy(
+        self,
+        src: AgentApi,
+        source: InstanceInfo,
+        target: InstanceInfo,
+        job_id: str,
+        reason: str,
+        step: Callable[[str], None],
+        cancel: Cancel | None = None,
+    ) -> dict[str, Any]:
+        with self.connect(target, 30.0) as dst:
+            t_down = time.monotonic()
+            rx = dst.prepare_receive(page_server=False, image=src.job().image)
+            step("checkpointing (post-copy: the memory stays on the source)")
+            try:
+                ck = src.checkpoint(
+                    CheckpointRequest(
+                        target_url=target.agent_url,
+                        target_token=target.agent_token,
+                        receive_id=rx.receive_id,
+                        lazy=True,
+                    )
+                )
+            except OutgrowError:
+                _quietly(lambda: dst.drop_receive(rx.receive_id))
+                _quietly(src.abort)
+                raise
+            step("restoring on the target (post-copy)")
+            try:
+                check(cancel, "checkpointing the job for a move")
+                rs = dst.restore(
+                    RestoreRequest(
+                        receive_id=rx.receive_id,
+                        lazy_address=ck.lazy_address,
+                        lazy_port=ck.lazy_port,
+                    )
+                )
+            except OutgrowError:
+                _quietly(lambda: dst.drop_receive(rx.receive_id))
+                _quietly(src.abort)
+                raise
+            downtime = time.monotonic() - t_down
+            step(f"running on the target after {downtime:.2f} s; its memory follows (drain)")
+            try:
+                dr = dst.drain()
+                lost = "" if dr.ok else dr.message
+            except OutgrowError as exc:
+                dr, lost = None, f"the drain could not be followed: {exc}"
+            if lost:
+                _quietly(src.commit)  # the stopped source copy is stale: end it
+                raise JobLostError(
+                    f"post-copy move of job {job_id} to {target.id} failed after the "
+                    f"restore ({lost}); the job is lost"
+                )
+            assert dr is not None
+            step(f"all memory on the target after {dr.drain_s:.2f} s ({dr.pages} pages)")
+            step("committing")
+            try:
+                src.commit()
+            except OutgrowError as exc:  # the target runs the job; the source copy dies on delete
+                log.error("commit on %s failed: %s", source.id, exc)
+        out = _result(job_id, reason, source, target, "page-server", ck, rs, downtime)
+        return {**out, "mode": "postcopy", "drain_s": dr.drain_s, "lazy_pages": dr.pages}
 
     def _dump(
         self,
