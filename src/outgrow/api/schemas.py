@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,7 +64,11 @@ class ModifyBody(Strict):
     vm_policy: str | None = Field(None, max_length=500)
     idle_timeout_s: float | None = Field(None, ge=0, le=10 * 365 * 86400)
     # seconds, or "15m", "off" (domain/snapshots.py)
-    checkpoint_interval: float | str | None = Field(None, max_length=32)
+    checkpoint_interval: (
+        Annotated[float, Field(ge=0, le=10 * 365 * 86400)]
+        | Annotated[str, Field(max_length=32)]
+        | None
+    ) = None
 
 
 class TemplateBody(Strict):
