@@ -135,7 +135,10 @@ def test_evade_oom_moves_the_job_until_it_fits(env: Env) -> None:
     ]
     assert "Killed" not in r.stderr and "out of memory" not in r.stderr
     for m in moves:
-        assert m["downtime_s"] < 10 and m["checkpoint_bytes"] > 100 * 1024**2
+        # plain: the memory is in the checkpoint; post-copy (moveMode auto picks it for an
+        # urgent evadeOOM move): the target pulls it after the restore
+        moved = m["lazy_pages"] * 4096 if m["mode"] == "postcopy" else m["checkpoint_bytes"]
+        assert m["downtime_s"] < 10 and moved > 100 * 1024**2, m
     timings = ", ".join(
         f"{m['from_type']}→{m['to_type']} downtime {m['downtime_s']:.2f} s "
         f"total {m['total_s']:.2f} s ({m['checkpoint_bytes'] >> 20} MiB)"

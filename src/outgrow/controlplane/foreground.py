@@ -238,7 +238,8 @@ class JobRunner:
             out = {"event": "migrated", "job_id": self.job_id, "reason": ev.reason}
             out |= {"from_instance": d.get("source_instance"), "from_type": ev.from_type}
             out |= {**self._where(inst), "to_type": ev.to_type, "downtime_s": ev.downtime_s}
-            out |= {"checkpoint_bytes": ev.checkpoint_bytes}
+            out |= {"checkpoint_bytes": ev.checkpoint_bytes, "mode": d.get("mode", "plain")}
+            out |= {"lazy_pages": d.get("lazy_pages", 0)}
             out |= {"create_target_s": timings.get("create_target_s")}
             self.emit(out | {"total_s": timings.get("total_s")})
         elif ev.type == "error" and ev.reason.startswith("migration failed"):

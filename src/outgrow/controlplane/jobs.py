@@ -332,6 +332,7 @@ class JobActions:
             transfer=result.transfer,
             mode=result.mode,
             mode_reason=result.mode_reason,
+            lazy_pages=result.lazy_pages,
             timings={k: getattr(result, k) for k in MIGRATION_TIMINGS},
             source_instance=source.id,
             target_instance=target_inst.id,
