@@ -27,7 +27,8 @@ from waiting import wait_for_value, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-# Prints a counter until the file `stop` appears in its job directory ($HOME), then exits 0.
+# Prints a counter until the file `stop` appears in its $HOME (home/ in its job directory),
+# then exits 0.
 COUNTER = """
 import os, time
 stop = os.path.join(os.environ["HOME"], "stop")
@@ -105,7 +106,7 @@ def counted(tmp: Path, ref: str) -> int:
 
 
 def finish(api: Api, tmp: Path, ref: str) -> dict[str, Any]:
-    (tmp / "jobs" / ref / "stop").write_text("")
+    (tmp / "jobs" / ref / "home" / "stop").write_text("")  # the job's $HOME
     return api.wait(ref, {"Completed", "FailToComplete"}, timeout=120)
 
 
@@ -151,8 +152,13 @@ def test_batch_job_lifecycle_on_postgresql(tmp_path: Path, cluster: pgmod.PgClus
 
         done = finish(api, tmp_path, ref)
         assert done["status"] == "Completed" and done["exit_code"] == 0, done["status_reason"]
-        out = printed(tmp_path, ref)
-        assert out[-1] == "done"
+        # The log is kept on the host once the job's volume lets go of it (just after the end).
+        out = wait_for_value(
+            lambda: printed(tmp_path, ref),
+            lambda out: bool(out) and out[-1] == "done",
+            timeout=30,
+            what="the ended job's kept log to end with 'done'",
+        )
         numbers = [int(x) for x in out[:-1]]
         assert numbers == list(range(1, len(numbers) + 1)), "restarted or duplicated"
 
