@@ -524,9 +524,9 @@ def test_python_batch_job(page: Any, console: Console) -> None:
     assert job["exit_code"] == 0 and job["actions"] == ["restart"]
     page.wait_for_selector(".badge-slot [data-status=Completed]")
     assert page.is_visible("[data-tab=logs][aria-selected=true]")  # batch jobs open on Logs
-    page.wait_for_function(
-        "document.querySelector('[data-testid=logs]').textContent.includes('step 2')"
-    )
+    # A selector, not wait_for_function: polling a JS string is eval, which the console's
+    # Content-Security-Policy (script-src 'self') refuses.
+    page.wait_for_selector("[data-testid=logs]:has-text('step 2')")
     shot(page, "12b-python-job-logs", full=False)
 
 
