@@ -148,6 +148,26 @@ def _popen_ready(
     return proc, time.monotonic() - t0
 
 
+def _dump_args(
+    pid: int, images_dir: Path, netns_inode: int, freezer_path: str | None, extra: list[str] | None
+) -> list[str]:
+    """What every dump of a job says (plain, snapshot, post-copy): the tree, its images,
+    TCP, the instance's netns as external, the freezer, the sandbox's external mounts."""
+    args = [
+        "dump", "-t", str(pid), "-D", str(images_dir), "-o", "dump.log", "-v4",
+        "--tcp-established",
+        # A connection the kernel accepted but the job has not (yet): its peer is
+        # outside, it cannot move; the peer sees a reset and retries.
+        "--skip-in-flight",
+        # the agent's own lock replaces CRIU's (which would cut off the agent)
+        "--network-lock", "skip",
+        "--external", f"net[{netns_inode}]:{EXTERNAL_NET_KEY}",
+    ]  # fmt: skip
+    if freezer_path:
+        args += ["--freeze-cgroup", freezer_path]
+    return args + (extra or [])
+
+
 class Criu:
     def __init__(self, binary: Path):
         self.binary = binary
@@ -199,30 +219,10 @@ class Criu:
         killing it or aborts by resuming it). External peers must be gone already; the
         agent's own lock replaces CRIU's network lock (which would cut off the agent)."""
         images_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            "dump",
-            "-t",
-            str(pid),
-            "-D",
-            str(images_dir),
-            "-o",
-            "dump.log",
-            "-v4",
-            "--tcp-established",
-            # A connection the kernel accepted but the job has not (yet): its peer is
-            # outside, it cannot move; the peer sees a reset and retries.
-            "--skip-in-flight",
-            "--network-lock",
-            "skip",
-            "--leave-running" if leave_running else "--leave-stopped",
-            "--external",
-            f"net[{netns_inode}]:{EXTERNAL_NET_KEY}",
-        ]
-        if freezer_path:
-            args += ["--freeze-cgroup", freezer_path]
+        args = _dump_args(pid, images_dir, netns_inode, freezer_path, extra)
+        args.append("--leave-running" if leave_running else "--leave-stopped")
         if page_server:
             args += ["--page-server", "--address", page_server[0], "--port", str(page_server[1])]
-        args += extra or []  # the sandbox's external mounts
         return self._run(args, images_dir / "dump.log", "dump", timeout)
 
     def lazy_dump(
@@ -244,32 +244,8 @@ class Criu:
         self.check_installed()
         ensure_pipe_max_size()  # else the transfer fails half-way (EPERM from tee)
         images_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            str(self.binary),
-            "dump",
-            "-t",
-            str(pid),
-            "-D",
-            str(images_dir),
-            "-o",
-            "dump.log",
-            "-v4",
-            "--tcp-established",
-            "--skip-in-flight",
-            "--network-lock",
-            "skip",
-            "--leave-stopped",
-            "--external",
-            f"net[{netns_inode}]:{EXTERNAL_NET_KEY}",
-            "--lazy-pages",
-            "--address",
-            serve[0],
-            "--port",
-            str(serve[1]),
-        ]
-        if freezer_path:
-            args += ["--freeze-cgroup", freezer_path]
-        args += extra or []
+        args = [str(self.binary), *_dump_args(pid, images_dir, netns_inode, freezer_path, extra)]
+        args += ["--leave-stopped", "--lazy-pages", "--address", serve[0], "--port", str(serve[1])]
         log = images_dir / "dump.log"
         proc, seconds = _popen_ready(args, log, "dump --lazy-pages", timeout)
         return proc, CriuRun(seconds=seconds, log=log)
