@@ -122,6 +122,14 @@ class World:
             self.wait(ref, {"Executing"})
         return ref
 
+    @staticmethod
+    def accepted(r: httpx.Response, code: int = 202) -> httpx.Response:
+        """``r`` if it answered ``code``; else the row fails naming the request and answer."""
+        if r.status_code != code:
+            req = f"{r.request.method} {r.request.url.path}"
+            raise RowFailed(f"{req} answered {r.status_code}, expected {code}: {r.text}")
+        return r
+
     def migrate(self, ref: str, mem: float = 0.5) -> httpx.Response:
         return self.post(f"/jobs/{ref}/migrate", {"mem": mem})
 

@@ -87,7 +87,7 @@ def cp_kill_commit(w: World) -> Outcome:
     ref = w.submit()
     src = w.job(ref)["instance"]["id"]
     w.criu.hold("restore")
-    assert w.migrate(ref).status_code == 202
+    w.accepted(w.migrate(ref))
     w.criu.wait_held("restore")
     pid = w.agent_pid(src)
     os.kill(pid, signal.SIGSTOP)
@@ -125,7 +125,7 @@ def cp_kill_suspending(w: World) -> Outcome:
     if state == "Suspended":
         if w.instances():
             raise RowFailed(f"suspended, but instances remain: {[i.id for i in w.instances()]}")
-        assert w.post(f"/jobs/{ref}/resume").status_code == 202
+        w.accepted(w.post(f"/jobs/{ref}/resume"))
     out = w.check_runs_on(ref)
     out.outcome = f"{state} after the restart; then {out.outcome}"
     w.cancel(ref)
@@ -172,7 +172,7 @@ def _move_fails_at_dump(w: World, damage: Callable[[World, str, str], None]) -> 
     ref = w.submit()
     src = w.job(ref)["instance"]["id"]
     w.criu.hold("dump")
-    assert w.migrate(ref).status_code == 202
+    w.accepted(w.migrate(ref))
     w.criu.wait_held("dump")
     target = w.wait_for(
         ref,
@@ -294,7 +294,7 @@ def _move_fails(w: World, action: str) -> Outcome:
     ref = w.submit()
     src = w.job(ref)["instance"]["id"]
     w.criu.fail(action)
-    assert w.migrate(ref).status_code == 202
+    w.accepted(w.migrate(ref))
     j = w.wait_for(
         ref,
         lambda j: any("migration failed" in e["reason"] for e in j["events"]),

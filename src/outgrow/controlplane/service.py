@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -55,7 +56,7 @@ from outgrow.domain.policy import (
     parse_vm_policy,
 )
 from outgrow.domain.snapshots import SnapshotResult, SnapshotView, parse_interval
-from outgrow.domain.states import check_action, check_restart, parse_state
+from outgrow.domain.states import JobState, check_action, check_restart, parse_state
 from outgrow.errors import AuthError, CheckpointError, ConflictError, NotFoundError, ValidationError
 from outgrow.orchestrator.migrate import Connect, Migrator, agent
 from outgrow.providers.base import Provider
@@ -289,9 +290,24 @@ class ControlPlane:
         if mode is not None:
             reason += f", moveMode={mode}"
         args = (target, reason, "migration", False, "", mode)
-        if not self.workers.run(rec.id, self.actions.migrate, *args):
+        # Right after Executing the start (or last move) may still be telling the job
+        # where it runs: wait for that, but not for a move that is already under way.
+        if not self.workers.run(
+            rec.id,
+            self.actions.migrate,
+            *args,
+            wait=USER_ACTION_WAIT_S,
+            still=self._executing(rec.id),
+        ):
             raise ConflictError(f"job {rec.name} is busy with another action")
         return self.view(rec.id)
+
+    def _executing(self, job_id: str) -> Callable[[], bool]:
+        def still() -> bool:
+            rec = self.store.get_job(job_id)
+            return rec is not None and parse_state(rec.status) == JobState.EXECUTING
+
+        return still
 
     def _migration_target(
         self,

@@ -34,10 +34,19 @@ class Workers:
         with self._guard:
             return job_id in self._busy
 
-    def run(self, job_id: str, fn: Callable[..., None], *args: Any, wait: float = 0.0) -> bool:
+    def run(
+        self,
+        job_id: str,
+        fn: Callable[..., None],
+        *args: Any,
+        wait: float = 0.0,
+        still: Callable[[], bool] | None = None,
+    ) -> bool:
         """Queue ``fn(job_id, *args)``; False when the job is busy with another action.
         With ``wait``, a user's action waits that long for the job's previous action to end
-        (it is finishing its bookkeeping right after the status a client waited for)."""
+        (it is finishing its bookkeeping right after the status a client waited for).
+        ``still``: while waiting, give up as soon as it turns false (the action in the way
+        is not bookkeeping but a real change, e.g. a second move of a job already moving)."""
         deadline = time.monotonic() + wait
         while True:
             with self._guard:
@@ -46,6 +55,8 @@ class Workers:
                     self._tokens[job_id] = threading.Event()  # fresh: a cancel ends one action
                     break
             if time.monotonic() >= deadline or self.stopping.wait(0.05):
+                return False
+            if still is not None and not still():
                 return False
 
         def work() -> None:
