@@ -209,9 +209,8 @@ class Moves:
                 t_x = time.monotonic()
                 if req.target_url and req.receive_id:
                     with AgentClient(req.target_url, req.target_token or "") as peer:
-                        for p in sorted(ckpt.iterdir()):
-                            if p.is_file():
-                                peer.upload(req.receive_id, p)
+                        files = sorted(p for p in ckpt.iterdir() if p.is_file())
+                        peer.upload_all(req.receive_id, files)
                 elif req.dest_url:
                     # boto3 is optional (outgrow[aws]): imported only for S3 checkpoints.
                     from outgrow.transfer.s3 import upload_url

@@ -45,6 +45,7 @@ from outgrow.agent.sandbox import (
     venv_binds,
 )
 from outgrow.agent.state import AgentConfig, AgentJob, save_reclaim
+from outgrow.agentapi import bundle
 from outgrow.agentapi.models import (
     AgentPhase,
     Health,
@@ -135,6 +136,7 @@ class Agent:
             job_id=job.job_id if job else None,
             cgroup_version=self.core.cgroup.version,
             version=__version__,
+            features=[bundle.FEATURE],
         )
 
     def reclaim_notice(self, in_s: float, source: str = "provider") -> ReclaimAnswer:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from outgrow.agentapi import bundle
 from outgrow.agentapi.models import (
     CheckpointRequest,
     CheckpointResult,
@@ -43,6 +44,7 @@ from outgrow.agentapi.models import (
     StorageRequest,
     StorageResult,
     Uploaded,
+    UploadedBundle,
 )
 from outgrow.domain.storage import JobStorage
 from outgrow.errors import AgentError, AuthError, OutgrowError, error_class
@@ -88,6 +90,7 @@ class AgentApi(Protocol):
     ) -> ReceiveTicket: ...
     def drop_receive(self, rid: str) -> Ok: ...
     def upload(self, rid: str, path: Path) -> Uploaded: ...
+    def upload_all(self, rid: str, paths: list[Path]) -> int: ...
     def restore(self, req: RestoreRequest, timeout: float = LONG_S) -> RestoreResult: ...
     def drain(self, timeout: float = LONG_S) -> DrainResult: ...
 
@@ -244,6 +247,24 @@ class AgentClient:
 
         url = f"/v1/receive/{rid}/files/{path.name}"
         return self._call(Uploaded, "PUT", url, content=chunks(), timeout=LONG_S)
+
+    def upload_all(self, rid: str, paths: list[Path]) -> int:
+        """Send image files to a receive: one bundle (bundle.py) when the agent takes
+        it, else one PUT per file (an agent of the previous release). Returns the files
+        sent."""
+        if bundle.FEATURE in self.health().features:
+            url = f"/v1/receive/{rid}/bundle"
+            sent = self._call(
+                UploadedBundle, "PUT", url, content=bundle.frames(paths), timeout=LONG_S
+            )
+            if sent.files != len(paths):
+                raise AgentError(
+                    f"agent at {self.url} took {sent.files} of {len(paths)} image files"
+                )
+            return sent.files
+        for p in paths:
+            self.upload(rid, p)
+        return len(paths)
 
     def restore(self, req: RestoreRequest, timeout: float = LONG_S) -> RestoreResult:
         return self._call(RestoreResult, "POST", "/v1/restore", body=req, timeout=timeout)

@@ -58,6 +58,9 @@ class Health(_Model):
     job_id: str | None = None
     cgroup_version: int
     version: str = ""
+    # What this agent accepts beyond the previous release's API (an older peer says
+    # nothing: callers fall back), e.g. "bundle" (bundle.py).
+    features: list[str] = Field(default_factory=list)
 
 
 class ImageBody(_Model):
@@ -228,6 +231,11 @@ class ReceiveTicket(_Model):
 
 class Uploaded(_Model):
     name: str
+    bytes: int
+
+
+class UploadedBundle(_Model):
+    files: int
     bytes: int
 
 
