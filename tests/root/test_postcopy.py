@@ -105,8 +105,11 @@ def test_postcopy_move_keeps_every_page_of_a_writing_job(local_provider: LocalPr
     )
     assert r.mode == "postcopy" and r.mode_reason == "post-copy: moveMode=postcopy"
     assert any(s.startswith("all memory on the target") for s in steps), steps
-    # The buffer's pages came after the restore, not in the checkpoint.
-    assert r.lazy_pages >= 384 * MIB // 4096 * 0.9, r
+    # The buffer's pages came after the restore, not in the checkpoint; the interpreter's
+    # own small regions (its heap: ~10 MB) came with the checkpoint (CRIU patch 0003,
+    # --lazy-pages-eager), so the lazy pages are the buffer's and hardly more.
+    buffer_pages = 384 * MIB // 4096
+    assert buffer_pages * 0.9 <= r.lazy_pages <= buffer_pages + 256, r
     assert r.checkpoint_bytes < 64 * MIB, r
     dst = p.describe_instance(r.target_instance)
     assert dst is not None

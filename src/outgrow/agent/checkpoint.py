@@ -28,6 +28,13 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # lacks on some hosts, and the transfer then fails half-way with EPERM from tee(2).
 PIPE_MAX_SIZE_SYSCTL = Path("/proc/sys/fs/pipe-max-size")
 LAZY_PIPE_BYTES = 4 * 1024 * 1024
+# Post-copy: per process, the smallest memory regions up to this much in all travel with
+# the images during the freeze (CRIU patch 0003, --lazy-pages-eager): the interpreter's
+# heap and arenas, libraries' data, small arrays. Only the rest (big arrays, and medium
+# ones beyond the budget) stays on the source. Without it the restored Jupyter server
+# faults its working set in one page per network round trip while the background drain
+# holds the link, and its first answer takes seconds. OUTGROW_LAZY_EAGER: for benchmarks.
+LAZY_EAGER = os.environ.get("OUTGROW_LAZY_EAGER", "128M")
 # Lines CRIU prints as "Error" that do not make an operation fail.
 _HARMLESS = ("RLIMIT_NOFILE", "Could not process rule")
 
@@ -246,6 +253,7 @@ class Criu:
         images_dir.mkdir(parents=True, exist_ok=True)
         args = [str(self.binary), *_dump_args(pid, images_dir, netns_inode, freezer_path, extra)]
         args += ["--leave-stopped", "--lazy-pages", "--address", serve[0], "--port", str(serve[1])]
+        args += ["--lazy-pages-eager", LAZY_EAGER]
         log = images_dir / "dump.log"
         proc, seconds = _popen_ready(args, log, "dump --lazy-pages", timeout)
         return proc, CriuRun(seconds=seconds, log=log)

@@ -113,8 +113,11 @@ class AgentCore:
             job = self.job
             if job is None or job.process is None or not job.process.alive():
                 raise RuntimeFailure("the Jupyter server exited while starting; see the job log")
+            # One patient request, not one every 2 s: a server still faulting its memory
+            # in (post-copy) would start each retry's work again.
+            left = max(2.0, deadline - time.monotonic())
             try:
-                if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                if httpx.get(url, headers=headers, timeout=left).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
