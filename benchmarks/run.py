@@ -1,7 +1,8 @@
 """Run every benchmark (`make bench`): one table each, one JSON file with everything.
 
     .venv/bin/python benchmarks/run.py [--sizes 0.25,1,2,4] [--repeat 3] [--quick]
-        [--modes page-server,copy,postcopy,volume] [--out PATH]   (plain = page-server)
+        [--modes page-server,copy,postcopy,volume] [--only migration,proxy] [--out PATH]
+        (plain = page-server)
 
 The JSON (default ``benchmarks/results/<UTC timestamp>.json``, git-ignored) holds the raw
 figures of every run, the summarised rows and the machine facts (kernel, CPUs, memory,
@@ -53,6 +54,14 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return tuple(m for m in migration.MODES if m in modes)
 
 
+def parse_only(text: str) -> tuple[str, ...]:
+    known = [b.NAME for b in BENCHMARKS]
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if not names or names - set(known):
+        raise argparse.ArgumentTypeError(f"--only needs one or more of {','.join(known)}")
+    return tuple(n for n in known if n in names)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -72,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"migration modes (default all: {','.join(migration.MODES)}); page-server and\n"
         "copy move a job whose directory is shared (with them: the raw CRIU and reload\n"
         "rounds), volume one whose directory is on a loop volume that moves with it",
+    )
+    ap.add_argument(
+        "--only",
+        type=parse_only,
+        default=tuple(b.NAME for b in BENCHMARKS),
+        help=f"benchmarks to run (default all: {','.join(b.NAME for b in BENCHMARKS)})",
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args(argv)
@@ -171,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "quick": args.quick,
             "modes": list(args.modes),
+            "only": list(args.only),
         },
         "machine": machine_facts(migration.CRIU),
         "benchmarks": {},
     }
     t0 = time.monotonic()
     ok = True
-    for bench in BENCHMARKS:
+    for bench in (b for b in BENCHMARKS if b.NAME in args.only):
         console.rule(f"benchmark: {bench.NAME}")
         try:
             opts = {"modes": args.modes} if bench is migration else {}
