@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -155,23 +156,9 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     @app.put("/v1/receive/{rid}/files/{name}", dependencies=deps)
     async def upload(rid: str, name: str, request: Request) -> Uploaded:
         path = moves.receive_path(rid, name)
-        size = 0
-        # Stream to disk: checkpoint images can be gigabytes. Written in ~4 MiB batches, not
-        # per received chunk (64 KiB): a thread hop each made a move's image transfer, which
-        # is inside the job's downtime, run at a fraction of the link's rate.
         f = await asyncio.to_thread(path.open, "wb")
-        batch: list[bytes] = []
-        held = 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                batch.append(chunk)
-                held += len(chunk)
-                if held >= UPLOAD_BATCH:
-                    await asyncio.to_thread(f.write, b"".join(batch))
-                    batch, held = [], 0
-            if batch:
-                await asyncio.to_thread(f.write, b"".join(batch))
+            size = await _stream_into(request, f.write)
         finally:
             await asyncio.to_thread(f.close)
         return Uploaded(name=name, bytes=size)
@@ -180,17 +167,8 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     async def upload_bundle(rid: str, request: Request) -> UploadedBundle:
         """Every image file of a checkpoint in one body (agentapi/bundle.py)."""
         u = Unbundler(lambda name: moves.receive_path(rid, name))
-        batch: list[bytes] = []
-        held = 0
         try:
-            async for chunk in request.stream():
-                batch.append(chunk)
-                held += len(chunk)
-                if held >= UPLOAD_BATCH:
-                    await asyncio.to_thread(u.feed, b"".join(batch))
-                    batch, held = [], 0
-            if batch:
-                await asyncio.to_thread(u.feed, b"".join(batch))
+            await _stream_into(request, u.feed)
             u.finish()
         finally:
             await asyncio.to_thread(u.close)
@@ -210,3 +188,22 @@ def create_app(agent: Agent, token: str) -> FastAPI:
         return moves.drain()
 
     return app
+
+
+async def _stream_into(request: Request, write: Callable[[bytes], object]) -> int:
+    """Hand the request's body to ``write`` (blocking: run in a thread) in ~4 MiB batches,
+    not per received chunk (64 KiB): a thread hop each made a move's image transfer, which
+    is inside the job's downtime, run at a fraction of the link's rate. Checkpoint images
+    can be gigabytes: never held whole. Returns the body's size."""
+    size = held = 0
+    batch: list[bytes] = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        batch.append(chunk)
+        held += len(chunk)
+        if held >= UPLOAD_BATCH:
+            await asyncio.to_thread(write, b"".join(batch))
+            batch, held = [], 0
+    if batch:
+        await asyncio.to_thread(write, b"".join(batch))
+    return size
