@@ -12,6 +12,7 @@ test says so: moto does not produce those answers by itself.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import os
 import re
@@ -44,7 +45,7 @@ from outgrow.errors import (  # noqa: E402
     ValidationError,
 )
 from outgrow.providers.aws import bootstrap, userdata  # noqa: E402
-from outgrow.providers.aws.criu_script import INSTALL_CRIU_SH  # noqa: E402
+from outgrow.providers.aws.criu_script import CRIU_PATCHES, INSTALL_CRIU_SH  # noqa: E402
 from outgrow.providers.aws.prices import (  # noqa: E402
     load_price_table,
     parse_price_item,
@@ -427,6 +428,20 @@ def _spec(**kw: Any) -> userdata.UserDataSpec:
         **kw,
     }
     return userdata.UserDataSpec(**fields)
+
+
+def test_the_largest_user_data_fits_and_carries_every_criu_patch() -> None:
+    """Every CRIU patch, a spot watcher and published ports: still under EC2's 16 KiB (the
+    patches travel compressed, as cloud-init's write_files decodes them)."""
+    spec = _spec(criu_patches=CRIU_PATCHES, spot=True, redirects=((8080, 8080), (8443, 443)))
+    text = userdata.render(spec)
+    assert len(text.encode()) < userdata.USER_DATA_LIMIT
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    assert len(CRIU_PATCHES) >= 3
+    for name, content in CRIU_PATCHES:
+        f = files[f"{userdata.CRIU_PATCH_DIR}/{name}"]
+        assert f["encoding"] == "gz+b64"
+        assert gzip.decompress(base64.b64decode(f["content"])).decode() == content
 
 
 def _unit(doc: dict[str, Any]) -> dict[str, list[str]]:

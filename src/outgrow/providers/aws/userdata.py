@@ -21,6 +21,8 @@ then installed with its ``aws`` extra (boto3).
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -274,6 +276,11 @@ def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+def gz_b64(text: str) -> str:
+    """``text`` as cloud-init's ``encoding: gz+b64`` wants it (mtime 0: reproducible)."""
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
+
 def render(spec: UserDataSpec) -> str:
     """The ``#cloud-config`` document (checked against EC2's 16 KiB limit)."""
     if not _SAFE.match(spec.instance_id) or not _SAFE.match(spec.cgroup.replace("/", "_")):
@@ -296,7 +303,10 @@ def render(spec: UserDataSpec) -> str:
                 "path": f"{CRIU_PATCH_DIR}/{name}",
                 "owner": "root:root",
                 "permissions": "0644",
-                "content": content,
+                # Compressed (cloud-init decodes it): the patches' explanations are most
+                # of the 16 KiB EC2 allows.
+                "encoding": "gz+b64",
+                "content": gz_b64(content),
             }
             for name, content in spec.criu_patches
         ),
