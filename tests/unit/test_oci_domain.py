@@ -13,6 +13,7 @@ from outgrow.domain.oci import (
     OciRef,
     RootfsFacts,
     check_jupyter,
+    check_reference,
     check_runnable,
     check_script_job,
     image_name,
@@ -133,3 +134,28 @@ def test_checks_against_the_rootfs() -> None:
         check_runnable("x", nothing, "", None)
     check_runnable("x", nothing, "print(1)", None)
     check_runnable("x", nothing, "", "lab")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "n",
+        "docker://debian:12",
+        "jupyter/scipy-notebook:2025-06-01",
+        "127.0.0.1:5000/outgrow/pulled:2",
+        "ghcr.io/org/sub/nb_env__x@sha256:" + "ab" * 32,
+        "registry.example.com:443/a.b/c-d:v1.0_rc",
+    ],
+)
+def test_registry_references_are_accepted(ref: str) -> None:
+    assert check_reference(ref) == ref.removeprefix("docker://")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["S", "org/Img", "img:", "img:-tag", "/img", "img//x", "img@sha256:12", "a b", "", "x" * 256],
+)
+def test_malformed_references_are_a_validation_error(ref: str) -> None:
+    with pytest.raises(ValidationError, match="repository in lowercase") as err:
+        check_reference(ref)
+    assert err.value.field == "reference"

@@ -55,6 +55,7 @@ from outgrow.domain.oci import (
     OciImage,
     RootfsFacts,
     check_digest,
+    check_reference,
     digest_hex,
     layer_media_types,
 )
@@ -67,7 +68,6 @@ Progress = Callable[[str], None]
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 # A registry reference: no whitespace, no leading '-' (it is an argument to skopeo).
-_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")
 _TOOL_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 
@@ -289,9 +289,7 @@ class OciCache:
     def pull(self, reference: str) -> OciImage:
         """Pull ``reference`` (``[docker://]host/name[:tag][@sha256:…]``) from its registry;
         with a digest, the registry's manifest must have that digest."""
-        ref = reference.removeprefix("docker://")
-        if not _REF_RE.fullmatch(ref):
-            raise ValidationError(f"invalid image reference {reference!r}", field="reference")
+        ref = check_reference(reference)
         asked = ref.partition("@")[2] or None
         if asked is not None:
             check_digest(asked, "reference")

@@ -63,6 +63,30 @@ def check_digest(value: str, field_name: str = "digest") -> str:
     return value
 
 
+# A registry reference, as the distribution spec's grammar has it: an optional host[:port],
+# a repository of lowercase path components, an optional tag and an optional digest.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_HOST = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
+REFERENCE_RE = re.compile(
+    rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def check_reference(value: str, field_name: str = "reference") -> str:
+    """``[docker://][host[:port]/]repository[:tag][@sha256:…]`` (returned without the
+    ``docker://``) or a ValidationError saying what a reference looks like."""
+    ref = value.removeprefix("docker://") if isinstance(value, str) else ""
+    if len(ref) > 255 or not REFERENCE_RE.fullmatch(ref):
+        raise ValidationError(
+            f"invalid image reference {str(value)[:80]!r}: expected "
+            "[host[:port]/]repository[:tag][@sha256:<64 hex>], the repository in lowercase",
+            field=field_name,
+        )
+    return ref
+
+
 def digest_hex(digest: str) -> str:
     return check_digest(digest).removeprefix("sha256:")
 
