@@ -67,7 +67,6 @@ Progress = Callable[[str], None]
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
-# A registry reference: no whitespace, no leading '-' (it is an argument to skopeo).
 _TOOL_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 

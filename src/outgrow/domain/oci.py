@@ -63,7 +63,8 @@ def check_digest(value: str, field_name: str = "digest") -> str:
     return value
 
 
-# A registry reference, as the distribution spec's grammar has it: an optional host[:port],
+# A registry reference, as the distribution spec's grammar has it (never a leading "-": it
+# is an argument to skopeo): an optional host[:port],
 # a repository of lowercase path components, an optional tag and an optional digest.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
